@@ -41,8 +41,13 @@ def get_process(name: str, **params) -> HMM:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"process {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
-    hmm = fn(**params)
-    hmm.name, hmm.params = name, dict(params)
+    try:
+        hmm = fn(**params)
+    except TypeError as err:  # e.g. a string where a number belongs
+        raise ValueError(f"process {name!r}: bad parameter value ({err})") from err
+    bound = inspect.signature(fn).bind(**params)
+    bound.apply_defaults()
+    hmm.name, hmm.params = name, dict(bound.arguments)
     return hmm
 
 

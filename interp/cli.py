@@ -1,0 +1,132 @@
+"""The ``interp`` command line. Every failure caused by input ends in one ``interp: error: ...`` line
+and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import sys
+import time
+
+import torch
+
+from interp import hmm as H
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            params[key] = raw
+    return params
+
+
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return dev
+
+
+def _fmt_vec(v: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{float(x):.4f}" for x in v) + "]"
+
+
+def cmd_run(args) -> None:
+    """Describe a process exactly: sampling check, MSP size, optimal loss per position, entropy rate."""
+    params = _parse_params(args.param)
+    hmm = H.get_process(args.process, **params).to(_device(args.device))
+    label = f"{hmm.name}({', '.join(f'{k}={v}' for k, v in hmm.params.items())})"
+    print(f"process   {label}: {hmm.n_states} states, {hmm.n_tokens} tokens; stationary pi = {_fmt_vec(hmm.pi)}")
+
+    t0 = time.perf_counter()
+    tokens = hmm.sample(args.samples, args.length, seed=args.seed)
+    dt = time.perf_counter() - t0
+    freq = torch.bincount(tokens.reshape(-1), minlength=hmm.n_tokens).double() / tokens.numel()
+    expected = hmm.pi @ hmm.emission_matrix
+    print(f"sample    {args.samples} x {args.length} tokens in {dt:.3f} s; "
+          f"token frequencies {_fmt_vec(freq)} (stationary {_fmt_vec(expected)})")
+
+    t0 = time.perf_counter()
+    ll = H.log_likelihood(hmm, tokens)
+    dt = time.perf_counter() - t0
+    print(f"filter    exact beliefs of all {tokens.numel()} prefixes in {dt:.3f} s; "
+          f"sample log-loss {-float(ll.sum()) / tokens.numel():.5f} nats/token")
+
+    opt = H.optimal_loss(hmm, args.length, seed=args.seed)
+    try:
+        msp = H.mixed_state_presentation(hmm, min(args.length - 1, opt.n_exact - 1))
+        sizes = torch.bincount(msp.depth).tolist()
+        print(f"MSP       distinct beliefs per depth 0..{len(sizes) - 1}: {sizes}")
+    except ValueError as err:
+        print(f"MSP       not enumerated: {err}")
+
+    rate = H.entropy_rate(hmm, seed=args.seed)
+    uni = H.unigram_loss(hmm)
+    print(f"\noptimal next-token loss (nats), position t predicts token t from tokens < t; log V = {math.log(hmm.n_tokens):.5f}")
+    print(f"{'t':>4} {'optimal':>10} {'stderr':>9} {'gap to rate':>12}")
+    for t, (v, se) in enumerate(zip(opt.per_position.tolist(), opt.stderr.tolist())):
+        how = "exact" if t < opt.n_exact else f"{se:.1e}"
+        print(f"{t:>4} {v:>10.6f} {how:>9} {v - rate.value:>12.2e}")
+    print(f"\nentropy rate  {rate.value:.6f} +- {rate.stderr:.1e} nats/token (Monte Carlo over exact beliefs)")
+    print(f"unigram loss  {uni:.6f} nats/token; learnable gap {uni - rate.value:.6f} nats/token")
+
+
+def cmd_bench(args) -> None:
+    from interp.bench import format_table, run_bench
+
+    rows = run_bench(quick=args.quick, device=str(_device(args.device)),
+                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_table(rows))
+
+
+def cmd_processes(args) -> None:
+    import inspect
+
+    from interp.hmm.processes import _REGISTRY
+
+    for name in H.list_processes():
+        fn = _REGISTRY[name]
+        sig = ", ".join(f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values())
+        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}({sig})\n    {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job: analyse a process exactly (default Mess3(0.15, 0.6))")
+    p.add_argument("--process", default="mess3", help="a registered process (see `interp processes`)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="process parameter, repeatable (default for mess3: x=0.15 a=0.6)")
+    p.add_argument("--length", type=int, default=10, help="context length (tokens)")
+    p.add_argument("--samples", type=int, default=100_000, help="sequences to sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="sampler and filter against hmmlearn, and the matmul peak")
+    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("processes", help="list the registered processes and their parameters")
+    p.set_defaults(func=cmd_processes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"interp: error: {err}", file=sys.stderr)
+        return 2
+    return 0
