@@ -21,7 +21,9 @@ EmissionSide = Literal["source", "destination"]
 
 
 def _as_float64(x, name: str, device=None) -> torch.Tensor:
-    t = torch.as_tensor(x, device=device)
+    # Lists of Python floats would become float32 under as_tensor: go through numpy (float64).
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), device=device)
+    t = t.to(device) if device is not None else t
     if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must be a real array, got dtype {t.dtype}")
     return t.to(torch.float64)
@@ -135,8 +137,9 @@ class HMM:
         _check_finite_nonneg(T, "T")
         # Row i of the flattened (S, V*S) view is the joint distribution of (x, j) given i.
         _check_stochastic_rows(T.permute(1, 0, 2).reshape(T.shape[1], -1), "T", what="state (row)")
-        self._T = T
-        self._initial = None if initial is None else check_distribution(initial, "initial", T.shape[1], T.device)
+        self._T = T.clone()  # the object owns its numbers: later edits by the caller cannot reach them
+        self._initial = (None if initial is None
+                         else check_distribution(initial, "initial", T.shape[1], T.device).clone())
         self.name = name
         self.params: dict = {}  # the parameters get_process built it from
 

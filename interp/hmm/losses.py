@@ -110,9 +110,12 @@ def entropy_rate(hmm: HMM, *, n: int = 4096, length: int = 256, burn_in: int = 6
     processes whose beliefs synchronise or contract, such as Mess3)."""
     if not 0 <= burn_in < length:
         raise ValueError(f"burn_in must lie in [0, length), got burn_in={burn_in}, length={length}")
-    tokens = hmm.sample(n, length, seed=seed)
-    # Belief after token t predicts token t+1: positions burn_in.. use beliefs from burn_in - 1 on.
-    ent = predictive_entropy(exact_beliefs(hmm, tokens)[:, max(burn_in - 1, 0): length - 1], hmm)
+    tokens = hmm.sample(n, length - 1, seed=seed) if length > 1 else None
+    # Position t is predicted from the belief after t tokens; position 0 from the initial belief.
+    eta = hmm.initial.expand(n, 1, -1)
+    if tokens is not None:
+        eta = torch.cat([eta, exact_beliefs(hmm, tokens)], 1)
+    ent = predictive_entropy(eta[:, burn_in:length], hmm)
     per_seq = ent.mean(1)
     return Estimate(float(per_seq.mean()), float(per_seq.std() / math.sqrt(n)) if n > 1 else float("nan"))
 
