@@ -78,6 +78,26 @@ def cmd_run(args) -> None:
     print(f"unigram loss  {uni:.6f} nats/token; learnable gap {uni - rate.value:.6f} nats/token")
 
 
+def cmd_train(args) -> None:
+    """Train one run from its TOML config into runs/<name>/."""
+    from pathlib import Path
+
+    from interp.runconfig import load_run_config
+    from interp.trainer import Trainer
+
+    cfg = load_run_config(args.config)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        cfg = cfg.with_steps(args.steps)
+    run_dir = Path(args.out) if args.out else Path(args.config).parent / cfg.name
+    result = Trainer(cfg, run_dir, device=_device(args.device), resume=args.resume, force=args.force,
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True)).run()
+    print(f"{cfg.name}: eval loss {result['eval_loss']:.6f}, optimal {result['optimal_loss']:.6f}, "
+          f"relative {result['relative_loss']:.6f}, gap fraction {result['gap_fraction']:.4f}; "
+          f"{result['steps']} steps in {result['train_seconds']:.1f} s -> {run_dir}")
+
+
 def cmd_bench(args) -> None:
     from interp.bench import format_table, run_bench
 
@@ -111,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train a model from a run config (runs/<name>.toml)")
+    p.add_argument("config", help="path to the run's TOML config")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--force", action="store_true", help="delete an existing run folder first")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<name>/ beside the config)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="sampler and filter against hmmlearn, and the matmul peak")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")

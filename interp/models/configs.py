@@ -1,0 +1,93 @@
+"""One frozen config dataclass per model family.
+
+Every model takes tokens (batch, pos) int64 and returns next-token logits (batch, pos, d_vocab):
+the logits at position t predict token t + 1. The vocabulary size and context length come
+from the data, so they are not part of these configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+
+def _positive(**values: int) -> None:
+    for k, v in values.items():
+        if v < 1:
+            raise ValueError(f"{k} must be >= 1, got {v}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Attention-only transformer built with TransformerLens (``TransformerBridge.boot_native``)."""
+
+    family: Literal["transformer"] = "transformer"
+    n_layers: int = 1
+    n_heads: int = 1
+    d_model: int = 64
+    d_head: int = 64
+    positional: Literal["standard", "rotary"] = "standard"
+    normalization: Literal["none", "LN"] = "none"
+
+    def __post_init__(self):
+        _positive(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model, d_head=self.d_head)
+
+
+@dataclass(frozen=True)
+class FixedAttentionConfig:
+    """One learnable, input-independent lower-triangular attention matrix M (pos x pos).
+
+    ``pattern="softmax"`` normalises each row of M over the allowed positions; ``"raw"`` uses the
+    masked entries as they are. ``skip`` adds the token's own embedding (the residual path)."""
+
+    family: Literal["fixed_attention"] = "fixed_attention"
+    d_model: int = 64
+    d_head: int = 64
+    pattern: Literal["raw", "softmax"] = "softmax"
+    skip: bool = True
+
+    def __post_init__(self):
+        _positive(d_model=self.d_model, d_head=self.d_head)
+
+
+@dataclass(frozen=True)
+class SSMConfig:
+    """Stack of linear state-space layers ``h_t = A h_{t-1} + B u_t``, ``y_t = C h_t + D u_t`` with a
+    residual stream ``u``. ``transition``: "dense" (spectral norm < 1), "diagonal" (real, in (-1, 1))
+    or "complex" (diagonal, modulus < 1)."""
+
+    family: Literal["ssm"] = "ssm"
+    n_layers: int = 1
+    d_model: int = 64
+    d_state: int = 16
+    transition: Literal["dense", "diagonal", "complex"] = "diagonal"
+
+    def __post_init__(self):
+        _positive(n_layers=self.n_layers, d_model=self.d_model, d_state=self.d_state)
+
+
+@dataclass(frozen=True)
+class BeliefNetConfig:
+    """The forward filter as a network whose weights are the logits of (mu, A, C).
+
+    ``init``: "random" (logits ~ N(0, init_scale^2)), "uniform" (all logits 0 plus
+    init_scale-sized noise) or "true" (the data's own HMM, when it has an emission form)."""
+
+    family: Literal["belief_net"] = "belief_net"
+    n_states: int = 3
+    init: Literal["random", "uniform", "true"] = "random"
+    init_scale: float = 1.0
+
+    def __post_init__(self):
+        _positive(n_states=self.n_states)
+        if self.init_scale < 0:
+            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+
+
+ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig]
+FAMILIES: dict[str, type] = {
+    "transformer": TransformerConfig,
+    "fixed_attention": FixedAttentionConfig,
+    "ssm": SSMConfig,
+    "belief_net": BeliefNetConfig,
+}

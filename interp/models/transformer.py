@@ -1,0 +1,30 @@
+"""Attention-only transformer, built natively by TransformerLens (``TransformerBridge.boot_native``).
+
+It is a TransformerLens model in full: ``run_with_cache``, ``W_Q``..``W_O``, ``OV``/``QK`` and the
+classic hook names (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.models.configs import TransformerConfig
+
+
+def transformer_lens_config(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed: int = 0) -> dict:
+    """The TransformerBridgeConfig fields for ``cfg`` on data with ``n_tokens`` and context ``n_ctx``."""
+    return dict(
+        n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
+        n_ctx=n_ctx, d_vocab=n_tokens, attn_only=True, act_fn="relu",
+        normalization_type=None if cfg.normalization == "none" else cfg.normalization,
+        positional_embedding_type=cfg.positional, seed=seed,
+    )
+
+
+def build_transformer(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed: int = 0,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TransformerBridge:
+    model = TransformerBridge.boot_native(transformer_lens_config(cfg, n_tokens, n_ctx, seed=seed),
+                                          device=device, dtype=dtype)
+    model.family = "transformer"
+    return model

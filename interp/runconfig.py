@@ -1,0 +1,149 @@
+"""The config of a training run, read from TOML in ``runs/``.
+
+    name = "mess3_tf1"          # optional: defaults to the file's stem; outputs go to runs/<name>/
+    seed = 0
+
+    [process]
+    name = "mess3"
+    params = { x = 0.15, a = 0.6 }
+
+    [model]
+    family = "transformer"      # transformer | fixed_attention | ssm | belief_net
+    n_layers = 1                # the family's own fields (interp.models.configs)
+
+    [train]
+    steps = 3000                # and the rest of TrainConfig
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from interp.config import ConfigError, from_dict, read_toml, to_dict
+from interp.hmm import HMM, get_process
+from interp.models.configs import FAMILIES, ModelConfig
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """A registered process and its parameters (see ``interp processes``)."""
+
+    name: str = "mess3"
+    params: dict = field(default_factory=dict)
+
+    def build(self) -> HMM:
+        return get_process(self.name, **self.params)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, data and evaluation of one run."""
+
+    context: int = 10  # tokens per training sequence
+    steps: int = 3000
+    batch_size: int = 512
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, ...] = (0.9, 0.999)  # AdamW
+    momentum: float = 0.9  # SGD
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # the decayed schedules end at lr * min_lr_ratio
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    data: Literal["fresh", "fixed"] = "fresh"  # fresh samples every step, or epochs over a fixed set
+    dataset_size: int = 100_000  # sequences in the fixed set
+    eval_sequences: int = 20_000  # held-out sequences, sampled once from their own seed
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self):
+        for key in ("context", "steps", "batch_size", "dataset_size", "eval_sequences", "eval_every",
+                    "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.context < 2:
+            raise ValueError(f"context must be >= 2 (a model predicts tokens 1..context-1), got {self.context}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("weight_decay, grad_clip and warmup_steps must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    process: ProcessConfig
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def hash(self) -> str:
+        """Stable short hash of the whole config (what a cache or a later stage is tied to)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def seeds(self) -> dict[str, int]:
+        """Independent streams for model init, training data and the held-out set."""
+        children = np.random.SeedSequence(self.seed).spawn(3)
+        return {k: int(c.generate_state(1)[0]) for k, c in zip(("model", "data", "eval"), children)}
+
+    def with_steps(self, steps: int) -> "RunConfig":
+        return replace(self, train=replace(self.train, steps=steps))
+
+
+def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunConfig:
+    """Validate a plain dict (parsed TOML or a saved config.json) into a RunConfig."""
+    data = dict(data)
+    allowed = {"name", "seed", "process", "model", "train"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+    if "name" not in data:
+        if default_name is None:
+            raise ConfigError("missing required key name")
+        data["name"] = default_name
+    for key in ("process", "model"):
+        if key not in data:
+            raise ConfigError(f"missing required table [{key}]")
+        if not isinstance(data[key], dict):
+            raise ConfigError(f"{key} must be a table, got {type(data[key]).__name__}")
+    model = dict(data["model"])
+    family = model.get("family")
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family must be one of {', '.join(map(repr, FAMILIES))}, got {family!r}")
+    model_cfg = from_dict(FAMILIES[family], model, prefix="model")
+    process = from_dict(ProcessConfig, data["process"], prefix="process")
+    train = from_dict(TrainConfig, data.get("train", {}), prefix="train")
+    if not isinstance(data["name"], str) or not data["name"] or "/" in data["name"]:
+        raise ConfigError(f"name must be a non-empty string without '/', got {data['name']!r}")
+    if isinstance(data.get("seed", 0), bool) or not isinstance(data.get("seed", 0), int):
+        raise ConfigError(f"seed must be an integer, got {data.get('seed')!r}")
+    try:
+        process.build()
+    except ValueError as err:
+        raise ConfigError(f"process: {err}") from err
+    return RunConfig(name=data["name"], process=process, model=model_cfg, train=train, seed=data.get("seed", 0))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read ``runs/<file>.toml``; errors name the file and the key."""
+    path = Path(path)
+    data = read_toml(path)
+    try:
+        return run_config_from_dict(data, default_name=path.stem)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
