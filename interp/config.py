@@ -78,6 +78,8 @@ def _convert(value: Any, tp, key: str) -> Any:
 
 def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     """Build the dataclass ``cls`` from ``data``, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     where = f"{prefix}." if prefix else ""
@@ -95,7 +97,7 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     except ConfigError:
         raise
     except ValueError as err:  # __post_init__ validation
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+        raise ConfigError(f"{where}{err}") from err
 
 
 def to_dict(obj) -> dict[str, Any]:

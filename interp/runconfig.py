@@ -75,8 +75,9 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("weight_decay, grad_clip and warmup_steps must be >= 0")
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
@@ -116,8 +117,10 @@ def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunC
         if default_name is None:
             raise ConfigError("missing required key name")
         data["name"] = default_name
-    for key in ("process", "model"):
+    for key in ("process", "model", "train"):
         if key not in data:
+            if key == "train":
+                continue
             raise ConfigError(f"missing required table [{key}]")
         if not isinstance(data[key], dict):
             raise ConfigError(f"{key} must be a table, got {type(data[key]).__name__}")
@@ -135,7 +138,7 @@ def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunC
     try:
         process.build()
     except ValueError as err:
-        raise ConfigError(f"process: {err}") from err
+        raise ConfigError(f"process.params: {err}") from err
     return RunConfig(name=data["name"], process=process, model=model_cfg, train=train, seed=data.get("seed", 0))
 
 

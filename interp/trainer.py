@@ -130,7 +130,7 @@ class Trainer:
             saved = d / CONFIG_FILE
             if saved.is_file():
                 old = run_config_from_dict(read_json(saved)["config"])
-                if old.with_steps(0) != self.cfg.with_steps(0):
+                if old.with_steps(1) != self.cfg.with_steps(1):
                     raise ValueError(f"--resume: the config differs from the one {d} was started with "
                                      "(only train.steps may change)")
         d.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ def get_process(name: str, **params) -> HMM:
 
 
 def _probability(value: float, name: str, *, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
         raise ValueError(f"{name} must lie in {'(0' if open_low else '[0'}, 1], got {value}")

@@ -5,8 +5,8 @@
 
 then ``logits = resid W_U + b_U``. The transition is parameterised to be stable:
 - "dense": ``A = 0.999 W / max(1, ||W||_2)``, spectral norm below 1;
-- "diagonal": real eigenvalues ``tanh(w)`` in (-1, 1);
-- "complex": conjugate-free complex diagonal ``exp(-exp(nu) + i theta)``, modulus below 1;
+- "diagonal": real eigenvalues ``0.999 tanh(w)``;
+- "complex": complex diagonal ``0.999 exp(-exp(nu) + i theta)`` (no conjugate pairs imposed);
   its state is hooked as ``[Re h, Im h]`` so probes see real numbers.
 :meth:`LinearSSM.spectrum` returns each layer's eigenvalues.
 """
@@ -20,7 +20,7 @@ from transformer_lens.hook_points import HookPoint
 
 from interp.models.configs import SSMConfig
 
-_DENSE_RADIUS = 0.999
+_RADIUS = 0.999
 
 
 class SSMLayer(nn.Module):
@@ -49,14 +49,15 @@ class SSMLayer(nn.Module):
         """A as a (d_state, d_state) matrix (dense) or the (d_state,) diagonal (real or complex)."""
         if self.kind == "dense":
             norm = torch.linalg.matrix_norm(self.W, ord=2)
-            return _DENSE_RADIUS * self.W / torch.clamp(norm, min=1.0)
+            return _RADIUS * self.W / torch.clamp(norm, min=1.0)
+        # The radius keeps moduli below 1 even where tanh / exp(-exp) round to exactly 1.
         if self.kind == "diagonal":
-            return torch.tanh(self.w)
-        return torch.exp(torch.complex(-torch.exp(self.nu), self.theta))
+            return _RADIUS * torch.tanh(self.w)
+        return _RADIUS * torch.exp(torch.complex(-torch.exp(self.nu), self.theta))
 
     def eigenvalues(self) -> torch.Tensor:
         a = self.transition().detach()
-        return torch.linalg.eigvals(a) if self.kind == "dense" else a.to(torch.complex128)
+        return (torch.linalg.eigvals(a) if self.kind == "dense" else a).to(torch.complex128)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         u = self.hook_resid_pre(u)
