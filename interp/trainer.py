@@ -2,7 +2,8 @@
 
 A run lives in ``runs/<name>/``:
     config.json        the resolved RunConfig (and its hash)
-    metrics.jsonl      one line per evaluation: step, tokens, seconds, losses against the optimum
+    metrics.jsonl      one line per evaluation: step, tokens, seconds (training steps only, without
+                       evaluation and checkpointing), losses against the optimum
     checkpoints/       the latest checkpoints (see interp.checkpoint); ``--resume`` continues from one
     model.safetensors, model.json, result.json   written when the run completes
 
@@ -189,9 +190,9 @@ class Trainer:
         model.train()
         bar = tqdm(total=t.steps, initial=step, desc=cfg.name, disable=not sys.stderr.isatty(),
                    dynamic_ncols=True, leave=False)
-        t0 = time.perf_counter() - elapsed
-        train_loss = float("nan")
+        train_loss, ev = float("nan"), None
         while step < t.steps:
+            t_step = time.perf_counter()
             lr = lr_at(t, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -205,22 +206,23 @@ class Trainer:
             step += 1
             tokens_seen += tokens.numel()
             train_loss = loss.item()
+            elapsed += time.perf_counter() - t_step
             bar.update(1)
             done = step == t.steps
             if step % t.eval_every == 0 or done:
-                row = self._record(metrics_path, step, tokens_seen, time.perf_counter() - t0, train_loss, lr,
-                                   evaluate(model, eval_set), eval_set)
+                ev = evaluate(model, eval_set)
+                row = self._record(metrics_path, step, tokens_seen, elapsed, train_loss, lr, ev, eval_set)
                 bar.set_postfix(rel=f"{row['relative_loss']:.5f}")
             if step % t.checkpoint_every == 0 or done:
                 save_checkpoint(self.run_dir, step, model, optimizer, meta, {
-                    "elapsed": time.perf_counter() - t0, "tokens": tokens_seen,
+                    "elapsed": elapsed, "tokens": tokens_seen,
                     "data_rng": gen.get_state().tolist(),
                 })
         bar.close()
-        final = evaluate(model, eval_set)
+        final = ev if ev is not None else evaluate(model, eval_set)  # the last step is always evaluated
         result = {
             "name": cfg.name, "family": cfg.model.family, "config_hash": cfg.hash(), "steps": step,
-            "tokens": tokens_seen, "train_seconds": time.perf_counter() - t0, "train_loss": train_loss,
+            "tokens": tokens_seen, "train_seconds": elapsed, "train_loss": train_loss,
             **{k: v for k, v in final.items()},
             "optimal_loss": eval_set.optimal, "optimal_loss_per_position": eval_set.optimal_per_position,
             "optimal_loss_expected": eval_set.optimal_expected, "unigram_loss": eval_set.unigram,

@@ -12,6 +12,7 @@ learned HMM straight off the weights.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -70,7 +71,7 @@ class BeliefNet(HookedRootModule):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mu, A, C = self.parameters_prob()
         n, L = tokens.shape
-        emit = C.T[tokens]  # [batch, pos, n_states]: P(x_t | state)
+        emit = F.embedding(tokens, C.T)  # [batch, pos, n_states]: P(x_t | state)
         b = mu.expand(n, -1)
         pre, post = [], []
         for t in range(L):

@@ -11,6 +11,7 @@ Hook names follow TransformerLens, so caching and probing treat it like a 1-laye
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -81,6 +82,6 @@ class FixedAttentionModel(HookedRootModule):
         self.setup()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        resid = self.hook_embed(self.W_E[tokens])
+        resid = self.hook_embed(F.embedding(tokens, self.W_E))
         resid = self.blocks[0](resid)
         return resid @ self.W_U + self.b_U

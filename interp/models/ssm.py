@@ -14,6 +14,7 @@ then ``logits = resid W_U + b_U``. The transition is parameterised to be stable:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -104,7 +105,7 @@ class LinearSSM(HookedRootModule):
         return out
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        resid = self.hook_embed(self.W_E[tokens])
+        resid = self.hook_embed(F.embedding(tokens, self.W_E))
         for block in self.blocks:
             resid = block(resid)
         return resid @ self.W_U + self.b_U
