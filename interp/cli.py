@@ -99,10 +99,18 @@ def cmd_train(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from interp.bench import format_table, run_bench
+    from interp.bench_hmm import format_table, run_hmm_bench
+    from interp.bench_train import run_train_bench
 
-    rows = run_bench(quick=args.quick, device=str(_device(args.device)),
-                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    dev = str(_device(args.device))
+    say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    rows = []
+    if args.suite in ("hmm", "all"):
+        rows += run_hmm_bench(quick=args.quick, device=dev, progress=say)
+    if args.suite in ("train", "all"):
+        rows += run_train_bench(quick=args.quick, device=dev, progress=say)
+    print(f"device: {dev} ({torch.get_num_threads()} threads)"
+          + ("" if torch.cuda.is_available() else "; no CUDA device on this machine, GPU rows not run"))
     print(format_table(rows))
 
 
@@ -141,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>/ beside the config)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", help="sampler and filter against hmmlearn, and the matmul peak")
+    p = sub.add_parser("bench", help="sampler and filter against hmmlearn, training step times, matmul peak")
+    p.add_argument("--suite", choices=("hmm", "train", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_bench)

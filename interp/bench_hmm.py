@@ -1,0 +1,132 @@
+"""HMM benchmark: our sampler and filter beside hmmlearn's, in one process, on the same data,
+with the machine's matmul peak for scale.
+
+hmmlearn samples one long sequence and filters sequence by sequence, so it is timed on fewer
+tokens than ours; every row reports throughputs (per second), which do not depend on the size.
+Each time is the best of a few repetitions after a warm-up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from hmmlearn.hmm import CategoricalHMM
+
+from interp.hmm import HMM, filter_sequential, get_process
+
+TARGETS = {"sample": 200.0, "filter_s3": 8.0, "filter_s256": 50.0, "peak_fraction": 0.5}
+
+
+def _best(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n matrix product."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return 2 * n**3 / _best(lambda: a @ b, reps, sync) / 1e9
+
+
+def hmmlearn_model(hmm: HMM, implementation: str) -> CategoricalHMM:
+    """hmmlearn's CategoricalHMM for the same token process (via the exact emission form)."""
+    em = hmm.to_emission()
+    model = CategoricalHMM(n_components=em.A.shape[0], n_features=hmm.n_tokens, implementation=implementation)
+    model.startprob_ = em.mu.cpu().numpy()
+    model.transmat_ = em.A.cpu().numpy()
+    model.emissionprob_ = em.C.cpu().numpy()
+    return model
+
+
+def _row(name, ours, peer, ratio=None, target=None, ok=None) -> dict:
+    return {"name": name, "ours": ours, "peer": peer, "ratio": "" if ratio is None else f"{ratio:,.1f}x",
+            "target": target or "", "ok": ok}
+
+
+def _filter_rows(label: str, hmm: HMM, n: int, n_peer: int, length: int, dev: torch.device, sync,
+                 peak64: float | None, target_key: str, reps: int) -> list[dict]:
+    tokens = hmm.sample(n, length, seed=1)
+    ours = n * length / _best(lambda: filter_sequential(hmm.to(dev), tokens.to(dev)), reps, sync)
+    X = tokens[:n_peer].reshape(-1, 1).cpu().numpy()
+    lengths = [length] * n_peer
+    peers = {}
+    for impl in ("scaling", "log"):
+        model = hmmlearn_model(hmm, impl)
+        peers[impl] = n_peer * length / _best(lambda: model.score(X, lengths), 1, lambda: None)
+        ref = model.score(X, lengths)
+        mine = float(filter_sequential(hmm, tokens[:n_peer], return_beliefs=False).log_likelihood.sum())
+        if not np.isclose(mine, ref, rtol=1e-9, atol=0):
+            raise RuntimeError(f"{label}: log-likelihoods disagree with hmmlearn ({mine} vs {ref})")
+    best_peer = max(peers.values())
+    ratio = ours / best_peer
+    rows = [_row(f"filter {label}, {n} x {length}", f"{ours / 1e6:.3g} M beliefs/s",
+                 f"hmmlearn scaling {peers['scaling'] / 1e6:.3g} M/s, log {peers['log'] / 1e6:.3g} M/s "
+                 f"({n_peer} seqs)", ratio, f">= {TARGETS[target_key]:g}x", ratio >= TARGETS[target_key])]
+    if peak64 is not None:
+        S = hmm.n_states
+        frac = ours * 2 * S * S / 1e9 / peak64
+        rows.append(_row(f"filter {label}: share of float64 matmul peak", f"{frac:.0%}",
+                         f"peak {peak64:.1f} GFLOP/s", None, f">= {TARGETS['peak_fraction']:.0%}",
+                         frac >= TARGETS["peak_fraction"]))
+    return rows
+
+
+def run_hmm_bench(quick: bool = False, device: str = "cpu",
+                  progress: Callable[[str], None] | None = None) -> list[dict]:
+    say = progress or (lambda msg: None)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    reps = 2 if quick else 5
+    rows = []
+
+    say("matmul peak")
+    peak64 = matmul_peak(torch.float64, dev, n=512 if quick else 2048)
+    peak32 = matmul_peak(torch.float32, dev, n=512 if quick else 2048)
+    rows.append(_row("matmul peak (2048^2, float64 / float32)", f"{peak64:.1f} GFLOP/s", f"{peak32:.1f} GFLOP/s (float32)"))
+
+    say("sampling Mess3")
+    mess3 = get_process("mess3", x=0.15, a=0.6)
+    n, length = (10_000, 64) if quick else (100_000, 64)
+    m3 = mess3.to(dev)
+    ours = n * length / _best(lambda: m3.sample(n, length, seed=0), reps, sync)
+    peer_tokens = 20_000 if quick else 200_000
+    model = hmmlearn_model(mess3, "scaling")
+    peer = peer_tokens / _best(lambda: model.sample(peer_tokens, random_state=0), 1, lambda: None)
+    rows.append(_row(f"sample Mess3(0.15, 0.6), {n} x {length}", f"{ours / 1e6:.3g} M tokens/s",
+                     f"hmmlearn sample {peer / 1e6:.3g} M tokens/s ({peer_tokens} tokens)", ours / peer,
+                     f">= {TARGETS['sample']:g}x", ours / peer >= TARGETS["sample"]))
+
+    say("filtering S=3")
+    rows += _filter_rows("Mess3 S=3", mess3, 2_000 if quick else 10_000, 500 if quick else 2_000, 64, dev, sync,
+                         None, "filter_s3", reps)
+    say("filtering S=256")
+    big = get_process("random", n_states=256, n_tokens=16, seed=0)
+    rows += _filter_rows("random S=256 V=16", big, 200 if quick else 2_000, 4 if quick else 20, 64, dev, sync,
+                         peak64 if dev.type == "cpu" else None, "filter_s256", reps)
+    if not quick:
+        say("filtering S=1024")
+        huge = get_process("random", n_states=1024, n_tokens=16, seed=0)
+        rows += _filter_rows("random S=1024 V=16", huge, 400, 2, 64, dev, sync,
+                             peak64 if dev.type == "cpu" else None, "filter_s256", 3)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of benchmark rows."""
+    head = "| benchmark | ours | peer | ratio | target | met |\n|---|---|---|---|---|---|"
+    mark = {True: "yes", False: "NO", None: ""}
+    lines = [f"| {r['name']} | {r['ours']} | {r['peer']} | {r['ratio']} | {r['target']} | {mark[r['ok']]} |"
+             for r in rows]
+    return "\n".join([head, *lines])
