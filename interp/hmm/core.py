@@ -271,6 +271,13 @@ class HMM:
         return EmissionForm(mu, A, C)
 
     # -------------------------------------------------------------- sampling
+    @cached_property
+    def sampler_tables(self):
+        """Inverse-CDF tables for :meth:`sample`, built on first use (see interp.hmm.sampling)."""
+        from interp.hmm.sampling import build_sampler_tables
+
+        return build_sampler_tables(self)
+
     def sample(self, n: int, length: int, *, seed: int | None = None,
                generator: torch.Generator | None = None, return_states: bool = False):
         """Sample ``n`` sequences of ``length`` tokens; see :func:`interp.hmm.sampling.sample`."""

@@ -162,6 +162,20 @@ def _walk_search(q: torch.Tensor, S: int, state: torch.Tensor, draw, tokens: tor
             states[t + 1] = state
 
 
+class SamplerTables(NamedTuple):
+    """What sampling from one HMM needs, built once (the HMM caches it: it never changes)."""
+
+    q: torch.Tensor  # (S, V*S) integer CDFs; row i: outcome (x, j) flattened as x*S + j
+    guide: _GuideTable | None  # None: fall back to the sorted search
+    initial: torch.Tensor  # sorted table for the first state
+
+
+def build_sampler_tables(hmm: HMM) -> SamplerTables:
+    V, S = hmm.n_tokens, hmm.n_states
+    q = _integer_cdf(hmm.T.permute(1, 0, 2).reshape(S, V * S))
+    return SamplerTables(q, _guide_table(q), _cdf_table(hmm.initial[None]))
+
+
 def sample(hmm: HMM, n: int, length: int, *, seed: int | None = None,
            generator: torch.Generator | None = None, return_states: bool = False):
     """Draw ``n`` independent sequences of ``length`` tokens, starting from ``hmm.initial``.
@@ -174,16 +188,14 @@ def sample(hmm: HMM, n: int, length: int, *, seed: int | None = None,
     device = hmm.device
     g = make_generator(seed, generator, device)
     V, S = hmm.n_tokens, hmm.n_states
-    q = _integer_cdf(hmm.T.permute(1, 0, 2).reshape(S, V * S))  # row i: outcome (x, j) flattened as x*S + j
-    state = torch.searchsorted(_cdf_table(hmm.initial[None]),
-                               torch.randint(0, _ONE, (n,), generator=g, device=device), right=True)
+    q, guide, initial_table = hmm.sampler_tables
+    state = torch.searchsorted(initial_table, torch.randint(0, _ONE, (n,), generator=g, device=device), right=True)
     # Time-major int32 buffers: each step writes one contiguous row.
     tokens = torch.empty(length, n, dtype=torch.int32, device=device)
     states = torch.empty(length, n, dtype=torch.int32, device=device) if return_states else None
     if states is not None:
         states[0] = state
     draw = _uniform_source(n, g, device)
-    guide = _guide_table(q)
     if guide is not None:
         _walk_guide(guide, V * S, S, state, draw, tokens, states)
     else:
