@@ -82,8 +82,9 @@ class EvalSet:
 
     @classmethod
     def build(cls, hmm: HMM, cfg: RunConfig, device) -> "EvalSet":
-        tokens = hmm.to(device).sample(cfg.train.eval_sequences, cfg.train.context, seed=cfg.seeds()["eval"])
-        log_z = forward_filter(hmm.to(device), tokens, return_beliefs=False).log_normalizers[:, 1:]
+        dev_hmm = hmm.to(device)
+        tokens = dev_hmm.sample(cfg.train.eval_sequences, cfg.train.context, seed=cfg.seeds()["eval"])
+        log_z = forward_filter(dev_hmm, tokens, return_beliefs=False).log_normalizers[:, 1:]
         per_pos = (-log_z.mean(0)).cpu()
         expected = optimal_loss(hmm, cfg.train.context).per_position[1:].mean()
         return cls(tokens, float(per_pos.mean()), per_pos.tolist(), float(expected), unigram_loss(hmm))
