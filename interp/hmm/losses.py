@@ -102,7 +102,7 @@ def optimal_loss(hmm: HMM, length: int, *, method: Literal["auto", "exact", "mon
     return OptimalLoss(values.cpu(), stderr.cpu(), len(exact))
 
 
-def entropy_rate(hmm: HMM, *, n: int = 4096, length: int = 256, burn_in: int = 64, seed: int = 0) -> Estimate:
+def entropy_rate(hmm: HMM, *, n: int = 32768, length: int = 256, burn_in: int = 64, seed: int = 0) -> Estimate:
     """Entropy rate (nats/token) estimated as the mean predictive entropy at positions
     ``burn_in..length-1`` of ``n`` sampled sequences, with its standard error across sequences.
 
