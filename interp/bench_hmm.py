@@ -32,7 +32,7 @@ def _best(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> floa
     return min(times)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
     """Best GFLOP/s of an n x n matrix product."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
@@ -58,7 +58,8 @@ def _row(name, ours, peer, ratio=None, target=None, ok=None) -> dict:
 def _filter_rows(label: str, hmm: HMM, n: int, n_peer: int, length: int, dev: torch.device, sync,
                  peak64: float | None, target_key: str, reps: int) -> list[dict]:
     tokens = hmm.sample(n, length, seed=1)
-    ours = n * length / _best(lambda: filter_sequential(hmm.to(dev), tokens.to(dev)), reps, sync)
+    on_dev, tokens_dev = hmm.to(dev), tokens.to(dev)
+    ours = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev), reps, sync)
     X = tokens[:n_peer].reshape(-1, 1).cpu().numpy()
     lengths = [length] * n_peer
     peers = {}

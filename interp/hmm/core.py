@@ -180,6 +180,9 @@ class HMM:
         return f"HMM(name={self.name!r}, n_states={self.n_states}, n_tokens={self.n_tokens}, device={self.device})"
 
     def to(self, device) -> "HMM":
+        """This HMM on ``device``: itself when already there (it is immutable, and keeps its caches)."""
+        if torch.device(device) == self.device or (torch.device(device).type == self.device.type == "cpu"):
+            return self
         init = None if self._initial is None else self._initial.to(device)
         out = HMM.__new__(HMM)
         out._T, out._initial, out.name, out.params = self._T.to(device), init, self.name, dict(self.params)
