@@ -343,3 +343,11 @@ def test_hmm_does_not_alias_caller_tensors():
     init[0] = 7.0
     assert_close(h.T, get_process("mess3").T, rtol=0, atol=0)
     assert_close(h.initial, f64([0.5, 0.25, 0.25]), rtol=0, atol=0)
+
+
+def test_float32_input_error_says_to_pass_float64():
+    """A float32 matrix whose rows sum to 1 only to float32 precision gets an error that says why."""
+    A = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.float32)
+    C = torch.tensor([[0.7, 0.3], [0.1, 0.9]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"A is not stochastic: row 0 .*given as torch.float32: pass float64"):
+        HMM.from_emission([1.0, 0.0], A, C)

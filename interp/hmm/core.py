@@ -53,15 +53,17 @@ def _check_finite_nonneg(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is not non-negative: entry {tuple(bad)} is {t[tuple(bad)].item()}")
 
 
-def _check_stochastic_rows(rows: torch.Tensor, name: str, what: str = "row") -> None:
-    """``rows`` is (S, K): each row must sum to 1 within ROW_SUM_TOL."""
+def _check_stochastic_rows(rows: torch.Tensor, name: str, what: str = "row", source=None) -> None:
+    """``rows`` is (S, K): each row must sum to 1 within ROW_SUM_TOL. ``source`` is the caller's
+    original input, used to point out low-precision tensors."""
     sums = rows.sum(-1)
     err = (sums - 1).abs()
     if (err > ROW_SUM_TOL).any():
         i = int(torch.argmax(err))
+        low = isinstance(source, torch.Tensor) and source.is_floating_point() and source.dtype != torch.float64
         raise ValueError(
             f"{name} is not stochastic: {what} {i} sums to {sums[i].item():.17g}, not 1 "
-            f"(tolerance {ROW_SUM_TOL:g})"
+            f"(tolerance {ROW_SUM_TOL:g})" + (f"; it was given as {source.dtype}: pass float64" if low else "")
         )
 
 
@@ -73,7 +75,7 @@ def check_distribution(p, name: str, size: int | None = None, device=None) -> to
     if size is not None and t.shape[0] != size:
         raise ValueError(f"{name} must have {size} entries, got {t.shape[0]}")
     _check_finite_nonneg(t, name)
-    _check_stochastic_rows(t[None], name, what="vector")
+    _check_stochastic_rows(t[None], name, what="vector", source=p)
     return t
 
 
@@ -87,7 +89,7 @@ def check_stochastic_matrix(m, name: str, shape: tuple[int, int] | None = None, 
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     _check_finite_nonneg(t, name)
-    _check_stochastic_rows(t, name)
+    _check_stochastic_rows(t, name, source=m)
     return t
 
 
@@ -144,14 +146,14 @@ class HMM:
     """
 
     def __init__(self, T, initial=None, *, name: str = "hmm", device=None):
-        T = _as_float64(T, "T", device)
+        source, T = T, _as_float64(T, "T", device)
         if T.ndim != 3 or T.shape[1] != T.shape[2]:
             raise ValueError(f"T must have shape (V, S, S), got {tuple(T.shape)}")
         if T.shape[0] == 0 or T.shape[1] == 0:
             raise ValueError(f"T must be non-empty, got shape {tuple(T.shape)}")
         _check_finite_nonneg(T, "T")
         # Row i of the flattened (S, V*S) view is the joint distribution of (x, j) given i.
-        _check_stochastic_rows(T.permute(1, 0, 2).reshape(T.shape[1], -1), "T", what="state (row)")
+        _check_stochastic_rows(T.permute(1, 0, 2).reshape(T.shape[1], -1), "T", what="state (row)", source=source)
         self._T = T.clone()  # the object owns its numbers: later edits by the caller cannot reach them
         self._initial = (None if initial is None
                          else check_distribution(initial, "initial", T.shape[1], T.device).clone())
