@@ -22,7 +22,7 @@ def test_benchmark_peer_scores_the_same_process(name, params):
 def test_matmul_peak_is_positive_and_table_has_every_row():
     import torch
 
-    assert matmul_peak(torch.float64, torch.device("cpu"), n=64, reps=1) > 0
+    assert matmul_peak(torch.float64, torch.device("cpu"), sizes=(64,), reps=1) > 0
     rows = [{"name": "a", "ours": "1", "peer": "2", "ratio": "0.5x", "target": ">= 1x", "ok": False},
             {"name": "b", "ours": "3", "peer": "", "ratio": "", "target": "", "ok": None}]
     table = format_table(rows).splitlines()
