@@ -125,12 +125,3 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not a text file: {err}") from err
-
-
-def load_toml(cls: type[C], path: str | Path) -> C:
-    """Read and validate a TOML config file into the dataclass ``cls``."""
-    data = read_toml(path)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
