@@ -98,6 +98,29 @@ def cmd_train(args) -> None:
           f"{result['steps']} steps in {result['train_seconds']:.1f} s -> {run_dir}")
 
 
+def cmd_cache(args) -> None:
+    """Cache a trained run's hooks over its evaluation set (reused when it is already up to date)."""
+    from pathlib import Path
+
+    from interp.cache import build_cache, cache_is_fresh
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    if not args.force and cache_is_fresh(run_dir):
+        print(f"{run_dir / 'cache'}: up to date (use --force to rebuild)")
+        return
+    t0 = time.perf_counter()
+    path = build_cache(run_dir, device=_device(args.device), batch_size=args.batch_size,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    from interp.cache import load_cache
+
+    cache = load_cache(run_dir)
+    kind = "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences"
+    print(f"{path}: {cache.tokens.shape[0]} sequences x {cache.tokens.shape[1]} positions ({kind}); "
+          f"hooks {', '.join(cache.hooks)}; {time.perf_counter() - t0:.1f} s")
+
+
 def cmd_bench(args) -> None:
     from interp.bench_hmm import format_table, run_hmm_bench
     from interp.bench_train import run_train_bench
@@ -148,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="delete an existing run folder first")
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>/ beside the config)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="cache a trained run's activations over its evaluation set")
+    p.add_argument("run", help="run folder (runs/<name>)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="sampler and filter against hmmlearn, training step times, matmul peak")
     p.add_argument("--suite", choices=("hmm", "train", "all"), default="all")
