@@ -138,6 +138,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     beliefs = H.beliefs(hmm, data.tokens)
     names = cached_hook_names(model)
     n = data.tokens.shape[0]
+    bos = read_json(run_dir / RUN_META).get("bos_token")  # models that read a BOS token first
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.tmp_"))
     try:
         write_tensors(tmp / CACHE_DATA, {"tokens": data.tokens, "weight": data.weight, "log_prob": data.log_prob,
@@ -148,7 +149,12 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
         for k, start in enumerate(range(0, n, shard_size)):
             chunks: dict[str, list[torch.Tensor]] = {name: [] for name in stored}
             for tok in data.tokens[start:start + shard_size].split(batch_size):
-                _, cache = model.run_with_cache(tok.to(device), names_filter=lambda name: name in names)
+                tok = tok.to(device)
+                if bos is not None:  # feed [BOS, x_0..x_{L-1}] and keep positions aligned with the tokens
+                    tok = torch.cat([torch.full_like(tok[:, :1], bos), tok], 1)
+                _, cache = model.run_with_cache(tok, names_filter=lambda name: name in names)
+                if bos is not None:
+                    cache = {name: _drop_bos(name, cache[name]) for name in names}
                 for name, same in aliases.items():
                     if not torch.equal(cache[name], cache[same]):
                         raise RuntimeError(f"{name} differs from {same} in this model; the cache cannot alias them")
@@ -168,7 +174,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
             "format": CACHE_FORMAT, "run": cfg.name, **fingerprint, "family": cfg.model.family,
             "process": {"name": cfg.process.name, "params": dict(cfg.process.params)},
             "n_sequences": n, "length": cfg.train.context, "n_tokens": hmm.n_tokens, "n_states": hmm.n_states,
-            "exhaustive": data.exhaustive, "hooks": names, "aliases": aliases, "shapes": shapes, "dtypes": dtypes, "shards": shards,
+            "exhaustive": data.exhaustive, "bos_token": bos, "hooks": names, "aliases": aliases, "shapes": shapes, "dtypes": dtypes, "shards": shards,
         })
         final = run_dir / CACHE_DIR
         old = None
@@ -182,6 +188,11 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _drop_bos(name: str, act: torch.Tensor) -> torch.Tensor:
+    """Remove the BOS position; patterns also lose the BOS key (their rows then sum to less than 1)."""
+    return act[..., 1:, 1:] if "hook_pattern" in name else act[:, 1:]
 
 
 class ActivationCache:

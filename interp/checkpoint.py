@@ -44,8 +44,9 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def model_meta(cfg: RunConfig, n_tokens: int) -> dict:
+    bos = n_tokens if getattr(cfg.model, "bos", False) else None
     return {"config": cfg.to_dict(), "config_hash": cfg.hash(), "family": cfg.model.family,
-            "n_tokens": n_tokens, "n_ctx": cfg.train.context, "dtype": cfg.train.dtype}
+            "n_tokens": n_tokens, "n_ctx": cfg.train.context, "dtype": cfg.train.dtype, "bos_token": bos}
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -121,6 +121,62 @@ def cmd_cache(args) -> None:
           f"hooks {', '.join(cache.hooks)}; {time.perf_counter() - t0:.1f} s")
 
 
+def cmd_probe(args) -> None:
+    """Fit belief probes on a run's cached hooks (building the cache if needed); write probe.json."""
+    from pathlib import Path
+
+    from interp.analyse import CONCAT, probe_run
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    out = probe_run(run_dir, test_fraction=args.test_fraction, ridge=args.ridge, seed=args.seed,
+                    causal_points=args.causal_points, device=_device(args.device),
+                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"{'hook':<28} {'R^2 test':>9} {'R^2 train':>9} {'RMSE':>8} {'dist':>8} {'shuffled':>9}")
+    for name, sc in [*out["hooks"].items(), (CONCAT, out[CONCAT])]:
+        print(f"{name:<28} {sc['r2']:>9.4f} {sc['r2_train']:>9.4f} {sc['rmse']:>8.4f} "
+              f"{sc['simplex_distance']:>8.4f} {sc['shuffled_r2']:>9.4f}")
+    c = out["causal"]
+    print(f"best hook {out['best_hook']} (R^2 {out['best_r2']:.4f}; {out['r2']})")
+    print(f"causal check at {c['hook']} over {c['n_points']} points: KL(HMM at target belief || model) "
+          f"{c['kl_target_before']:.2e} before, {c['kl_target_after']:.2e} after the move, "
+          f"{c['kl_target_random']:.2e} after a random move of the same size; closer at {c['share_closer']:.1%} "
+          f"of points; R^2 of the change {c['change_r2']:.3f}")
+    print(f"-> {run_dir / 'probe.json'}")
+
+
+def cmd_compare(args) -> None:
+    """Compare runs: losses, probes, attention against the construction, SSM spectra, Belief Net recovery."""
+    from pathlib import Path
+
+    from interp.analyse import compare_runs
+
+    if not args.runs:
+        raise ValueError("give at least one run folder")
+    out_dir = Path(args.out)
+    compare_runs([Path(r) for r in args.runs], out_dir, device=_device(args.device),
+                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print((out_dir / "compare.md").read_text())
+    print(f"-> {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
+
+
+def cmd_construct(args) -> None:
+    """Build the scaled-vector-addition construction as a hand-set TransformerLens run folder."""
+    from pathlib import Path
+
+    from interp.analyse import build_construction_run
+
+    process = {"name": args.process, "params": _parse_params(args.param)}
+    out = Path(args.out) if args.out else Path("runs") / f"{args.process}_construction"
+    res = build_construction_run(process, args.context, out, decay=args.decay)
+    c = res["construction"]
+    print(f"{out}: lambda = {c['decay']:.4f} ({c['decay_source']}); relative loss {res['relative_loss']:.6f} with its "
+          f"linear read-out, {res['relative_loss_exact_readout']:.6f} read exactly; BOS token {c['bos_token']}")
+
+
 def cmd_bench(args) -> None:
     from interp.bench_hmm import format_table, run_hmm_bench
     from interp.bench_train import run_train_bench
@@ -179,6 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("probe", help="fit linear probes from a run's activations onto the belief simplex")
+    p.add_argument("run", help="run folder (runs/<name>)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of sequences held out")
+    p.add_argument("--ridge", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the shuffle control and the causal check")
+    p.add_argument("--causal-points", type=int, default=2000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("compare", help="compare runs (writes compare.md and compare.json)")
+    p.add_argument("runs", nargs="*", help="run folders")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("construct", help="build the construction as a hand-set TransformerLens run folder")
+    p.add_argument("--process", default="mess3")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--context", type=int, default=10)
+    p.add_argument("--decay", choices=("analytic", "fitted"), default="analytic")
+    p.add_argument("--out", default=None, help="run folder (default runs/<process>_construction)")
+    p.set_defaults(func=cmd_construct)
+
     p = sub.add_parser("bench", help="sampler and filter against hmmlearn, training step times, matmul peak")
     p.add_argument("--suite", choices=("hmm", "train", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
@@ -194,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"interp: error: {err}", file=sys.stderr)
         return 2
     return 0

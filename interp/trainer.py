@@ -35,7 +35,7 @@ from interp.checkpoint import (
 )
 from interp.hmm import HMM, forward_filter, optimal_loss, unigram_loss
 from interp.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl, write_tensors
-from interp.models import build_model
+from interp.models import build_model, next_token_logits
 from interp.runconfig import RunConfig, TrainConfig, run_config_from_dict
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE = "config.json", "metrics.jsonl", "result.json"
@@ -96,7 +96,7 @@ def evaluate(model: torch.nn.Module, data: EvalSet) -> dict:
     model.eval()
     total = torch.zeros(data.tokens.shape[1] - 1, dtype=torch.float64, device=data.tokens.device)
     for chunk in data.tokens.split(_EVAL_BATCH):
-        losses = next_token_loss(model(chunk), chunk, reduction="none").view(chunk.shape[0], -1)
+        losses = next_token_loss(next_token_logits(model, chunk), chunk, reduction="none").view(chunk.shape[0], -1)
         total += losses.double().sum(0)
     model.train(was_training)
     per_pos = (total / data.tokens.shape[0]).cpu()
@@ -198,7 +198,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             tokens = next(batches)
-            loss = next_token_loss(model(tokens), tokens)
+            loss = next_token_loss(next_token_logits(model, tokens), tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:

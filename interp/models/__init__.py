@@ -38,7 +38,17 @@ def build_model(cfg: ModelConfig, n_tokens: int, n_ctx: int, *, seed: int = 0, h
     return model.to(device=device, dtype=dtype)
 
 
+def next_token_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, n_tokens] logits at each position of ``tokens`` (a BOS token is prepended and its
+    position dropped for models that read one; their BOS logit is dropped too)."""
+    bos = getattr(model, "bos_token", None)
+    if bos is None:
+        return model(tokens)
+    logits = model(torch.cat([torch.full_like(tokens[:, :1], bos), tokens], 1))
+    return logits[:, 1:, :bos]
+
+
 __all__ = [
     "FAMILIES", "BeliefNetConfig", "FixedAttentionConfig", "ModelConfig", "SSMConfig", "TransformerConfig",
-    "BeliefNet", "FixedAttentionModel", "LinearSSM", "build_model", "build_transformer",
+    "BeliefNet", "FixedAttentionModel", "LinearSSM", "build_model", "build_transformer", "next_token_logits",
 ]

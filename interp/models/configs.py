@@ -28,6 +28,9 @@ class TransformerConfig:
     d_head: int = 64
     positional: Literal["standard", "rotary"] = "standard"
     normalization: Literal["none", "LN"] = "none"
+    # Prepend a BOS token (id = n_tokens) to every input: an attention sink, so one softmax head can
+    # weight the past by lambda^k without its rows having to sum to 1 over real tokens.
+    bos: bool = False
 
     def __post_init__(self):
         _positive(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model, d_head=self.d_head)

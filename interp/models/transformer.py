@@ -24,7 +24,11 @@ def transformer_lens_config(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *
 
 def build_transformer(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed: int = 0,
                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TransformerBridge:
-    model = TransformerBridge.boot_native(transformer_lens_config(cfg, n_tokens, n_ctx, seed=seed),
+    """With ``cfg.bos`` the vocabulary is ``n_tokens + 1`` (BOS = ``n_tokens``) and the context ``n_ctx + 1``;
+    ``model.bos_token`` says so (None otherwise), and :func:`interp.models.next_token_logits` prepends it."""
+    extra = 1 if cfg.bos else 0
+    model = TransformerBridge.boot_native(transformer_lens_config(cfg, n_tokens + extra, n_ctx + extra, seed=seed),
                                           device=device, dtype=dtype)
     model.family = "transformer"
+    model.bos_token = n_tokens if cfg.bos else None
     return model

@@ -1,0 +1,358 @@
+"""Run-level analysis: probes, attention, SSM spectrum and Belief Net recovery for one trained run,
+and the comparison table across runs. Each step reads the run's activation cache and writes JSON
+(plus safetensors for probe weights) beside the run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from interp import attention as A
+from interp import construction as K
+from interp.cache import ActivationCache, build_cache, cache_is_fresh, load_cache, run_fingerprint
+from interp.causal import causal_check
+from interp.hmm.matching import parameter_errors
+from interp.io import read_json, write_json, write_tensors
+from interp.probes import best_hook, probe_hooks
+
+PROBE_JSON, PROBE_WEIGHTS = "probe.json", "probe.safetensors"
+CONCAT = "all_layers"
+
+
+def ensure_cache(run_dir: Path, *, device="cpu", log=lambda msg: None) -> ActivationCache:
+    """The run's cache, built first if it is missing or stale."""
+    if not cache_is_fresh(run_dir):
+        log(f"{run_dir}: building the activation cache")
+        build_cache(run_dir, device=device, log=log)
+    return load_cache(run_dir)
+
+
+def residual_hooks(cache: ActivationCache) -> list[str]:
+    """Hooks holding a residual stream or a state (not attention patterns), each stored tensor once."""
+    aliases = cache.meta.get("aliases", {})
+    return [h for h in cache.hooks if "hook_pattern" not in h and h not in aliases]
+
+
+def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float = 0.0, seed: int = 0,
+              causal_points: int = 2000, device="cpu", log=lambda msg: None) -> dict:
+    """Fit belief probes on every residual hook and on all of them concatenated; causal check on the best.
+
+    Writes ``probe.json`` (scores) and ``probe.safetensors`` (``{hook}.coef`` [S, d], ``{hook}.intercept``)."""
+    from interp.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    cache = ensure_cache(run_dir, device=device, log=log)
+    hooks = residual_hooks(cache)
+    acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks}
+    results = probe_hooks(acts, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge, seed=seed,
+                          concat_name=CONCAT, concat_hooks=hooks)
+    best = best_hook(results)
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    probe = results[best][0]
+    causal = causal_check(model, cache.tokens, cache.beliefs, acts[best], probe.coef_, probe.intercept_,
+                          hmm.emission_matrix, hook=best, n_points=causal_points,
+                          generator=torch.Generator().manual_seed(seed), bos_token=cache.meta.get("bos_token"))
+    out = {
+        "run": cfg.name, "family": cfg.model.family, **run_fingerprint(run_dir),
+        "evaluation_set": "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
+        "split": {"by": "sequence", "test_fraction": test_fraction, "seed": seed},
+        "ridge": ridge,
+        "r2": "pooled over belief coordinates, held-out sequences, weighted like the evaluation set",
+        "hooks": {h: results[h][1].to_dict() for h in hooks},
+        CONCAT: {"hooks": hooks, **results[CONCAT][1].to_dict()},
+        "best_hook": best, "best_r2": results[best][1].r2,
+        "causal": causal,
+    }
+    weights = {}
+    for name, (p, _) in results.items():
+        weights[f"{name}.coef"], weights[f"{name}.intercept"] = p.coef_, p.intercept_
+    write_tensors(run_dir / PROBE_WEIGHTS, weights)
+    write_json(run_dir / PROBE_JSON, out)
+    return out
+
+
+def load_probe_result(run_dir: Path) -> dict | None:
+    """probe.json if it exists and was made from the run's current weights, else None."""
+    path = Path(run_dir) / PROBE_JSON
+    if not path.is_file():
+        return None
+    out = read_json(path)
+    now = run_fingerprint(run_dir)
+    if any(out.get(k) != now[k] for k in now):
+        return None
+    return out
+
+
+def attention_summary(cache: ActivationCache, hmm, *, fitted_decay: float | None = None) -> list[dict]:
+    """Per layer and head: fixedness, decay fits, and the distance of the mean pattern to the construction's."""
+    lam = K.analytic_decay(hmm)
+    out = []
+    for hook in cache.hooks:
+        if "hook_pattern" not in hook:
+            continue
+        patterns = cache[hook]
+        mean = A.mean_pattern(patterns, cache.weight)
+        fixed = A.fixedness(patterns, cache.weight)
+        L = mean.shape[-1]
+        for head in range(mean.shape[0]):
+            row = {"hook": hook, "head": head, **fixed[head], **A.describe_head(mean[head])}
+            for label, value in (("analytic", lam), ("fitted", fitted_decay)):
+                if value is not None:
+                    row[f"distance_to_{label}"] = A.pattern_distance(mean[head], A.decay_pattern(value, L))
+            out.append(row)
+        cache.release(hook)
+    return out
+
+
+def ssm_summary(model, cache: ActivationCache, hmm, top: int = 4) -> list[dict]:
+    """Per SSM layer: eigenvalues, each mode's share of the output variance, and Smat's zero-sum spectrum.
+
+    A mode's share is var(h_i) ||C_i||^2 over the evaluation set (diagonal transitions), so a mode the
+    model does not read from does not count as leading."""
+    smat = [[z.real, z.imag] for z in K.zero_sum_operator_eigenvalues(hmm).tolist()]
+    out = []
+    for l, block in enumerate(model.blocks):
+        ev = block.eigenvalues()
+        row = {"layer": l, "transition": block.kind, "eigenvalues": [[z.real, z.imag] for z in ev.tolist()],
+               "smat_zero_sum_eigenvalues": smat}
+        if block.kind in ("diagonal", "complex"):
+            state = cache[f"blocks.{l}.hook_state"].double()
+            w = cache.weight[:, None].expand(state.shape[:2]).reshape(-1)
+            flat = state.reshape(-1, state.shape[-1])
+            mean = w @ flat
+            var = w @ (flat - mean) ** 2
+            C = block.C.detach().double().cpu()
+            contrib = var * (C**2).sum(1)
+            if block.kind == "complex":  # a mode is its (Re, Im) pair
+                n = ev.shape[0]
+                contrib = contrib[:n] + contrib[n:]
+            share = contrib / contrib.sum()
+            order = torch.argsort(share, descending=True)[:top]
+            row["leading"] = [{"eigenvalue": [ev[i].real.item(), ev[i].imag.item()], "share": float(share[i])}
+                              for i in order]
+            cache.release(f"blocks.{l}.hook_state")
+        out.append(row)
+    return out
+
+
+def belief_net_summary(model, hmm) -> dict:
+    """The learned HMM against the true one after matching states (only when the sizes agree)."""
+    learned = model.get_hmm().to_emission()
+    true = hmm.to_emission()
+    if learned.C.shape != true.C.shape:
+        return {"comparable": False, "reason": f"learned {tuple(learned.C.shape)} vs true {tuple(true.C.shape)} C"}
+    return {"comparable": True, **parameter_errors(true, learned)}
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def process_label(cfg) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(cfg.process.params.items()))
+    return f"{cfg.process.name}({params})"
+
+
+def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device="cpu", log=lambda msg: None) -> dict:
+    """Everything ``interp compare`` reports about one run (probes are reused when up to date)."""
+    from interp.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    result = read_json(run_dir / "result.json")
+    probe = load_probe_result(run_dir)
+    if probe is None:
+        log(f"{run_dir}: fitting probes")
+        probe = probe_run(run_dir, device=device, log=log)
+    cache = ensure_cache(run_dir, device=device, log=log)
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    row = {
+        "run": cfg.name, "path": str(run_dir), "family": cfg.model.family, "process": process_label(cfg),
+        "relative_loss": result["relative_loss"], "gap_fraction": result.get("gap_fraction"),
+        "probe_hook": probe["best_hook"], "probe_r2": probe["best_r2"], "probe_r2_all_layers": probe[CONCAT]["r2"],
+        "probe_r2_shuffled": probe["hooks"][probe["best_hook"]]["shuffled_r2"],
+        "causal": {k: probe["causal"][k] for k in ("kl_target_before", "kl_target_after", "kl_target_random",
+                                                   "share_closer", "change_r2")},
+    }
+    if any("hook_pattern" in h for h in cache.hooks):
+        fitted = None if construction is None else construction.get("lambda_fitted")
+        row["attention"] = attention_summary(cache, hmm, fitted_decay=fitted)
+    if cfg.model.family == "ssm":
+        row["ssm"] = ssm_summary(model, cache, hmm)
+    if cfg.model.family == "belief_net":
+        row["belief_net"] = belief_net_summary(model, hmm)
+    cache.release()
+    return _nan_to_none(row)
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, device="cpu", log=lambda msg: None) -> dict:
+    """Analyse each run, build the construction once per process, write compare.json and compare.md."""
+    from interp.checkpoint import load_model
+
+    constructions: dict[str, dict] = {}
+    rows = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no run folder at {run_dir}")
+        _, cfg = load_model(run_dir)
+        label = process_label(cfg)
+        if label not in constructions:
+            cache = ensure_cache(run_dir, device=device, log=log)
+            log(f"construction for {label}")
+            constructions[label] = _nan_to_none(K.construction_report(cfg.process.build(), cache.tokens, cache.weight,
+                                                                      cache.beliefs))
+        rows.append(analyse_run(run_dir, construction=constructions[label], device=device, log=log))
+    out = {"construction": constructions, "runs": rows}
+    out_dir = Path(out_dir)
+    write_json(out_dir / "compare.json", out)
+    from interp.io import atomic_write_bytes
+
+    atomic_write_bytes(out_dir / "compare.md", format_markdown(out).encode())
+    return out
+
+
+def _f(x, fmt="{:.4f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def format_markdown(out: dict) -> str:
+    lines = ["# Runs compared", "",
+             "Probe R^2: held-out sequences, pooled over belief coordinates, weighted by sequence probability.",
+             "Causal: mean KL from the HMM's prediction at the steered-to belief to the model's next-token "
+             "distribution, before -> after moving the residual along the probe (random move of the same size "
+             "in brackets).", ""]
+    lines += ["| run | family | process | relative loss | probe R^2 (hook) | all layers | shuffled | causal KL |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in out["runs"]:
+        c = r["causal"]
+        lines.append(f"| {r['run']} | {r['family']} | {r['process']} | {_f(r['relative_loss'], '{:.6f}')} | "
+                     f"{_f(r['probe_r2'])} ({r['probe_hook']}) | {_f(r['probe_r2_all_layers'])} | "
+                     f"{_f(r['probe_r2_shuffled'])} | {_f(c['kl_target_before'], '{:.2e}')} -> "
+                     f"{_f(c['kl_target_after'], '{:.2e}')} ({_f(c['kl_target_random'], '{:.2e}')}) |")
+    lines += ["", "## Construction (scaled vector addition) per process", "",
+              "| process | lambda analytic | lambda fitted | R^2 analytic | R^2 analytic + read-out | R^2 fitted | "
+              "R^2 matrix power | relative loss analytic | relative loss fitted |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, k in out["construction"].items():
+        lines.append(f"| {label} | {_f(k.get('lambda_analytic'))} | {_f(k.get('lambda_fitted'))} | "
+                     f"{_f(k.get('r2_analytic'))} | {_f(k.get('r2_analytic_readout'))} | {_f(k.get('r2_fitted'))} | "
+                     f"{_f(k.get('r2_matrix_power'))} | {_f(k.get('relative_loss_analytic'), '{:.6f}')} | "
+                     f"{_f(k.get('relative_loss_fitted'), '{:.6f}')} |")
+    att = [(r, a) for r in out["runs"] for a in r.get("attention", [])]
+    if att:
+        lines += ["", "## Attention", "",
+                  "Fixedness: mean std of each pattern entry across inputs; position share: the part of the "
+                  "pattern's variance that position alone explains. Decay: geometric fit of the mean pattern, "
+                  "leaving out the current (and previous) token where that fits better. TV: mean total-variation "
+                  "distance per query row to the construction's (row-normalised) pattern.", "",
+                  "| run | hook | head | std | position share | current | previous | decay (excluded) | "
+                  "TV to analytic | TV to fitted |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r, a in att:
+            fit = a[f"exclude_{a['best_exclude']}"]
+            lines.append(f"| {r['run']} | {a['hook']} | {a['head']} | {_f(a['mean_std'])} | {_f(a['position_share'])} "
+                         f"| {_f(a['current_weight'])} | {_f(a['previous_weight'])} | {_f(fit['decay'])} "
+                         f"({a['best_exclude']}) | {_f(a.get('distance_to_analytic', {}).get('tv'))} | "
+                         f"{_f(a.get('distance_to_fitted', {}).get('tv'))} |")
+    ssm = [(r, s) for r in out["runs"] for s in r.get("ssm", [])]
+    if ssm:
+        lines += ["", "## SSM spectrum", "", "| run | layer | leading eigenvalues (share of output variance) | "
+                  "Smat on zero-sum vectors |", "|---|---|---|---|"]
+        for r, s in ssm:
+            lead = ", ".join(f"{_cx(e['eigenvalue'])} ({e['share']:.2f})" for e in s.get("leading", []))
+            lines.append(f"| {r['run']} | {s['layer']} | {lead or '-'} | "
+                         f"{', '.join(_cx(z) for z in s['smat_zero_sum_eigenvalues'])} |")
+    bn = [r for r in out["runs"] if "belief_net" in r]
+    if bn:
+        lines += ["", "## Belief Net against the true HMM (states matched)", "",
+                  "| run | A Frobenius | C Frobenius | mu L1 |", "|---|---|---|---|"]
+        for r in bn:
+            b = r["belief_net"]
+            lines.append(f"| {r['run']} | {_f(b.get('A_frobenius'))} | {_f(b.get('C_frobenius'))} | "
+                         f"{_f(b.get('mu_l1'))} |" if b["comparable"] else f"| {r['run']} | {b['reason']} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _cx(z) -> str:
+    re_, im = z
+    return f"{re_:.3f}" if abs(im) < 1e-9 else f"{re_:.3f}{im:+.3f}i"
+
+
+def build_construction_run(process: dict, context: int, out_dir: str | Path, *, decay: str = "analytic",
+                           name: str | None = None) -> dict:
+    """Write the hand-set TransformerLens construction as a run folder that loads, caches, probes and
+    compares like a trained run (it reads a BOS token first; ``model.json`` says which).
+
+    The model is ``transformer_construction(..., bos=True)``: a TransformerConfig with ``bos = true``.
+    ``decay="analytic"``: lambda and v from the HMM (needs Smat to be a scalar on zero-sum vectors);
+    ``"fitted"``: lambda, v and the offset fitted by least squares to the exact beliefs of the evaluation set."""
+    import os
+    import shutil
+    import tempfile
+
+    from interp.cache import evaluation_set
+    from interp.checkpoint import MODEL_FILE, MODEL_META, model_meta
+    from interp.hmm import beliefs as exact_beliefs
+    from interp.runconfig import run_config_from_dict
+
+    if decay not in ("analytic", "fitted"):
+        raise ValueError(f"decay must be 'analytic' or 'fitted', got {decay!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; remove it or choose another --out")
+    pre = run_config_from_dict({"name": name or out_dir.name, "process": process,
+                                "model": {"family": "transformer"}, "train": {"context": context}})
+    hmm = pre.process.build()
+    S, V = hmm.n_states, hmm.n_tokens
+    data = evaluation_set(hmm, context, seed=pre.seeds()["eval"])
+    eta = exact_beliefs(hmm, data.tokens)
+    lam, vectors, offset = K.analytic_decay(hmm), None, None
+    if decay == "analytic" and lam is None:
+        raise ValueError(f"{process_label(pre)}: Smat is not a scalar on zero-sum vectors, so there is no analytic "
+                         f"decay; use --decay fitted")
+    if decay == "fitted":
+        fit = K.fit_construction(data.tokens, eta, data.weight, n_tokens=V, bounds=(1e-3, 0.999))
+        lam, vectors, offset = fit.decay, fit.vectors, fit.offset
+    cfg = run_config_from_dict({**pre.to_dict(), "model": {"family": "transformer", "n_layers": 1, "n_heads": 1,
+                                                           "d_model": 2 * S + 1, "d_head": S, "bos": True},
+                                "train": {**pre.to_dict()["train"], "dtype": "float64"}})
+    model = K.transformer_construction(hmm, context, lam, vectors, bos=True, offset=offset)
+    with torch.no_grad():
+        logits = model(K.to_tokens_with_bos(data.tokens, V))[:, 1:-1].double()
+    nll = -torch.log_softmax(logits, -1).gather(-1, data.tokens[:, 1:, None]).squeeze(-1)
+    loss = float(data.weight @ nll.mean(1))
+    fitted = offset if offset is not None else hmm.pi
+    eta_hat = K.construction_beliefs(hmm, data.tokens, decay=lam, vectors=vectors, offset=fitted)
+    optimal = K.next_token_loss(hmm, data.tokens, data.weight, eta)
+    construction = {"decay_source": decay, "decay": lam, "bos_token": V, "channels": {
+        k: [s.start, s.stop] for k, s in K.transformer_channels(S).items()}}
+    result = {
+        "name": cfg.name, "family": "transformer", "construction": construction, "config_hash": cfg.hash(),
+        "eval_loss": loss, "optimal_loss": optimal, "relative_loss": loss / optimal,
+        "relative_loss_exact_readout": K.next_token_loss(hmm, data.tokens, data.weight, eta_hat) / optimal,
+        "note": "eval_loss: the model's own logits (first-order linear read-out of the belief channels); "
+                "exact_readout: the HMM's prediction from the simplex-projected construction belief; "
+                "both over positions 1..L-1 of the evaluation set, weighted by sequence probability",
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
+    try:
+        write_tensors(tmp / MODEL_FILE, model.state_dict())
+        write_json(tmp / MODEL_META, {**model_meta(cfg, V), "construction": construction})
+        write_json(tmp / "config.json", cfg.to_dict())
+        write_json(tmp / "result.json", result)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
