@@ -33,7 +33,7 @@ def test_inflated_current_token_is_set_apart():
 def test_fixedness_of_identical_patterns():
     P = decay_pattern(0.6, 6).expand(5, 2, 6, 6)
     for head in fixedness(P):
-        assert head["mean_std"] == 0.0
+        assert head["mean_std"] == pytest.approx(0.0, abs=1e-15)
         assert head["position_share"] == pytest.approx(1.0)
 
 
