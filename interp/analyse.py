@@ -14,10 +14,11 @@ from interp import construction as K
 from interp.cache import ActivationCache, build_cache, cache_is_fresh, load_cache, run_fingerprint
 from interp.causal import causal_check
 from interp.hmm.matching import parameter_errors
-from interp.io import read_json, write_json, write_tensors
+from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.probes import best_hook, probe_hooks
 
 PROBE_JSON, PROBE_WEIGHTS = "probe.json", "probe.safetensors"
+PROBE_FORMAT = 2  # bump when what probe.json holds or how it is computed changes: older files are redone
 CONCAT = "all_layers"
 
 
@@ -48,7 +49,9 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
     acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks}
     results = probe_hooks(acts, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge, seed=seed,
                           concat_name=CONCAT, concat_hooks=hooks)
-    best = best_hook(results)
+    # the best residual-stream hook: an SSM's state alone misses the current token, which reaches the
+    # output through the skip path, so steering the state cannot move the model as a belief change would
+    best = best_hook({h: r for h, r in results.items() if "hook_state" not in h})
     model, cfg = load_model(run_dir, device=device)
     hmm = cfg.process.build()
     probe = results[best][0]
@@ -56,7 +59,7 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
                           hmm.emission_matrix, hook=best, n_points=causal_points,
                           generator=torch.Generator().manual_seed(seed), bos_token=cache.meta.get("bos_token"))
     out = {
-        "run": cfg.name, "family": cfg.model.family, **run_fingerprint(run_dir),
+        "format": PROBE_FORMAT, "run": cfg.name, "family": cfg.model.family, **run_fingerprint(run_dir),
         "evaluation_set": "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
         "split": {"by": "sequence", "test_fraction": test_fraction, "seed": seed},
         "ridge": ridge,
@@ -81,7 +84,7 @@ def load_probe_result(run_dir: Path) -> dict | None:
         return None
     out = read_json(path)
     now = run_fingerprint(run_dir)
-    if any(out.get(k) != now[k] for k in now):
+    if out.get("format") != PROBE_FORMAT or any(out.get(k) != now[k] for k in now):
         return None
     return out
 
@@ -138,6 +141,46 @@ def ssm_summary(model, cache: ActivationCache, hmm, top: int = 4) -> list[dict]:
     return out
 
 
+@torch.no_grad()
+def ssm_token_kernel(block, u: torch.Tensor, lags: int) -> torch.Tensor:
+    """[lags, V, d_model] what a token's input ``u`` [V, d_model] adds to the layer's output k = 1..lags steps later
+    (the state path only: ``C (A^k B u)``; lag 0 also has the direct path)."""
+    a = block.transition().detach().double().cpu()
+    bu = u.double() @ block.B.detach().double().cpu()
+    C = block.C.detach().double().cpu()
+    out = []
+    if block.kind == "complex":
+        n = a.shape[0]
+        h = torch.complex(bu[:, :n], bu[:, n:])
+        for _ in range(lags):
+            h = h * a
+            out.append(torch.cat([h.real, h.imag], -1) @ C)
+    else:
+        h = bu
+        for _ in range(lags):
+            h = h @ a.T if block.kind == "dense" else h * a
+            out.append(h @ C)
+    return torch.stack(out)
+
+
+def ssm_effective_decay(model, coef: torch.Tensor, hmm, lags: int) -> dict:
+    """How fast a token's effect on the probed belief fades in a 1-layer SSM, next to lambda.
+
+    The belief-space kernel ``G_k[x] = coef @ (C A^k B W_E[x])`` (centred over tokens, since only differences
+    between tokens move the belief) plays the role of ``lambda^k v[x]`` in the construction; its norm per lag,
+    the decay fitted to those norms (log-linear, lags 1..lags), and its cosine with ``v[x]`` at each lag."""
+    block = model.blocks[0]
+    u = model.W_E.detach().double().cpu()
+    G = ssm_token_kernel(block, u, lags) @ coef.double().T  # [lags, V, S]
+    G = G - G.mean(1, keepdim=True)
+    v = K.token_vectors(hmm)
+    norms = G.flatten(1).norm(dim=1)
+    k = torch.arange(1, lags + 1, dtype=torch.float64)
+    slope = float(torch.linalg.lstsq(torch.stack([torch.ones_like(k), k], 1), torch.log(norms)[:, None]).solution[1])
+    cos = (G.flatten(1) @ v.flatten()) / (norms * v.norm())
+    return {"kernel_norm": norms.tolist(), "decay": math.exp(slope), "cosine_with_v": cos.tolist()}
+
+
 def belief_net_summary(model, hmm) -> dict:
     """The learned HMM against the true one after matching states (only when the sizes agree)."""
     learned = model.get_hmm().to_emission()
@@ -158,8 +201,10 @@ def _nan_to_none(x):
 
 
 def process_label(cfg) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in sorted(cfg.process.params.items()))
-    return f"{cfg.process.name}({params})"
+    """``name(k=v, ...)`` with every parameter, defaults included (from the built HMM)."""
+    hmm = cfg.process.build()
+    params = ", ".join(f"{k}={v}" for k, v in hmm.params.items())
+    return f"{hmm.name}({params})"
 
 
 def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device="cpu", log=lambda msg: None) -> dict:
@@ -188,6 +233,10 @@ def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device
         row["attention"] = attention_summary(cache, hmm, fitted_decay=fitted)
     if cfg.model.family == "ssm":
         row["ssm"] = ssm_summary(model, cache, hmm)
+        hook = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+        if len(model.blocks) == 1:
+            coef = read_tensors(Path(run_dir) / PROBE_WEIGHTS)[f"{hook}.coef"]
+            row["ssm"][0]["effective"] = ssm_effective_decay(model, coef, hmm, cfg.train.context - 1)
     if cfg.model.family == "belief_net":
         row["belief_net"] = belief_net_summary(model, hmm)
     cache.release()
@@ -264,11 +313,17 @@ def format_markdown(out: dict) -> str:
                          f"{_f(a.get('distance_to_fitted', {}).get('tv'))} |")
     ssm = [(r, s) for r in out["runs"] for s in r.get("ssm", [])]
     if ssm:
-        lines += ["", "## SSM spectrum", "", "| run | layer | leading eigenvalues (share of output variance) | "
-                  "Smat on zero-sum vectors |", "|---|---|---|---|"]
+        lines += ["", "## SSM spectrum", "",
+                  "Leading eigenvalues: the modes carrying most of the layer's output variance. Effective decay: "
+                  "the geometric rate at which a token's effect on the probed belief fades (fit over lags), with "
+                  "the cosine of that effect with the construction's v[x] at lags 1, 2, 3.", "",
+                  "| run | layer | leading eigenvalues (share of output variance) | effective decay | cosine with v | "
+                  "Smat on zero-sum vectors |", "|---|---|---|---|---|---|"]
         for r, s in ssm:
             lead = ", ".join(f"{_cx(e['eigenvalue'])} ({e['share']:.2f})" for e in s.get("leading", []))
-            lines.append(f"| {r['run']} | {s['layer']} | {lead or '-'} | "
+            eff = s.get("effective")
+            cos = "-" if eff is None else ", ".join(f"{c:.3f}" for c in eff["cosine_with_v"][:3])
+            lines.append(f"| {r['run']} | {s['layer']} | {lead or '-'} | {_f(eff and eff['decay'])} | {cos} | "
                          f"{', '.join(_cx(z) for z in s['smat_zero_sum_eigenvalues'])} |")
     bn = [r for r in out["runs"] if "belief_net" in r]
     if bn:

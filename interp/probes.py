@@ -22,14 +22,20 @@ _CHUNK = 16384  # rows per float64 block: a float32 X of many rows is never copi
 
 
 def _matrix(a, name: str) -> torch.Tensor:
-    """``a`` as a 2-D floating tensor (numpy arrays are wrapped, not copied); the dtype is kept."""
+    """``a`` as a 2-D floating tensor (numpy arrays are wrapped, not copied); the dtype is kept.
+
+    Finiteness is checked later, chunk by chunk, so no n x d mask is allocated."""
     t = a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))
     if not t.is_floating_point():
         t = t.double()
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D [n, features], got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} has non-finite entries")
+        raise ValueError(f"{what} has non-finite entries")
     return t
 
 
@@ -70,16 +76,16 @@ class LinearProbe(BaseEstimator, RegressorMixin):
         if Y.shape[0] != n or n == 0 or d == 0:
             raise ValueError(f"X [n, d] and Y [n, S] need the same n > 0, got {tuple(X.shape)}, {tuple(Y.shape)}")
         w = _sample_weight(sample_weight, n, X.device)
+        chunks = [slice(i, i + _CHUNK) for i in range(0, n, _CHUNK)]
         x_mean = torch.zeros(d, dtype=torch.float64, device=X.device)
         y_mean = torch.zeros(S, dtype=torch.float64, device=X.device)
         if self.fit_intercept:
-            for i in range(0, n, _CHUNK):
-                x_mean += w[i:i + _CHUNK] @ X[i:i + _CHUNK].double()
-            x_mean, y_mean = x_mean / w.sum(), (w @ Y) / w.sum()
+            x_mean = sum(w[c] @ X[c].double() for c in chunks) / w.sum()
+            y_mean = (w @ Y) / w.sum()
         R = torch.zeros(0, d + S, dtype=torch.float64, device=X.device)
-        for i in range(0, n, _CHUNK):
-            block = torch.cat([X[i:i + _CHUNK].double() - x_mean, Y[i:i + _CHUNK] - y_mean], 1)
-            R = torch.linalg.qr(torch.cat([R, block * w[i:i + _CHUNK, None].sqrt()]), mode="r").R
+        for c in chunks:
+            block = _check_finite(torch.cat([X[c].double() - x_mean, Y[c] - y_mean], 1), "X or Y")
+            R = torch.linalg.qr(torch.cat([R, block * w[c, None].sqrt()]), mode="r").R
         if self.ridge > 0:
             penalty = torch.zeros(d, d + S, dtype=torch.float64, device=X.device)
             penalty[:, :d] = float(self.ridge) ** 0.5 * torch.eye(d, dtype=torch.float64, device=X.device)
@@ -98,25 +104,29 @@ class LinearProbe(BaseEstimator, RegressorMixin):
         X = _matrix(X, "X").to(self.coef_.device)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must be [n, {self.n_features_in_}], got {tuple(X.shape)}")
-        out = [torch.addmm(self.intercept_, X[i:i + _CHUNK].double(), self.coef_.T) for i in range(0, len(X), _CHUNK)]
+        # any non-finite entry of X makes its prediction non-finite (inf * 0 is nan), so checking the output suffices
+        out = [_check_finite(torch.addmm(self.intercept_, X[i:i + _CHUNK].double(), self.coef_.T), "X")
+               for i in range(0, len(X), _CHUNK)]
         return torch.cat(out) if out else torch.zeros(0, len(self.intercept_), dtype=torch.float64)
 
     def score(self, X, Y, sample_weight=None) -> float:
         """Pooled R^2 over all belief coordinates together (not scikit-learn's average of per-output R^2)."""
         pred = self.predict(X)
-        Y = _matrix(Y, "Y").double().to(pred.device)
+        Y = _check_finite(_matrix(Y, "Y").double().to(pred.device), "Y")
         w = None if sample_weight is None else _sample_weight(sample_weight, len(pred), pred.device)
         return pooled_r2(Y, pred, w)
 
 
-def split_by_sequence(n_seq: int, test_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def split_by_sequence(n_seq: int, test_fraction: float,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted (train, test) sequence indices, disjoint and covering ``range(n_seq)``; round(test_fraction * n_seq)
     sequences are held out."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n_test = int(round(test_fraction * n_seq))
     if not 1 <= n_test <= n_seq - 1:
-        raise ValueError(f"{n_seq} sequences cannot be split into two non-empty parts with test_fraction={test_fraction}")
+        raise ValueError(f"{n_seq} sequences cannot be split into two non-empty parts "
+                         f"with test_fraction={test_fraction}")
     perm = torch.randperm(n_seq, generator=generator)
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
@@ -167,7 +177,8 @@ def fit_probe(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor | None = No
     perm = torch.randperm(len(y_tr), generator=generator).to(y_tr.device)
     control = LinearProbe(ridge=ridge).fit(x_tr, y_tr[perm], w_tr)
     return probe, ProbeScores(
-        r2=pooled_r2(y_te, pred, w_te), rmse=rmse(y_te, pred, w_te), simplex_distance=simplex_distance(y_te, pred, w_te),
+        r2=pooled_r2(y_te, pred, w_te), rmse=rmse(y_te, pred, w_te),
+        simplex_distance=simplex_distance(y_te, pred, w_te),
         r2_train=probe.score(x_tr, y_tr, w_tr), shuffled_r2=control.score(x_te, y_te, w_te),
         n_train=len(train), n_test=len(test))
 
@@ -186,7 +197,8 @@ def probe_hooks(acts: dict[str, torch.Tensor], Y: torch.Tensor, weight: torch.Te
     train, test = split_by_sequence(Y.shape[0], test_fraction, torch.Generator().manual_seed(seed))
 
     def fit(x: torch.Tensor) -> tuple[LinearProbe, ProbeScores]:
-        return fit_probe(x, Y, weight, train=train, test=test, ridge=ridge, generator=torch.Generator().manual_seed(seed + 1))
+        shuffle = torch.Generator().manual_seed(seed + 1)
+        return fit_probe(x, Y, weight, train=train, test=test, ridge=ridge, generator=shuffle)
 
     out = {name: fit(x) for name, x in acts.items()}
     if hooks:  # concatenated in the cached dtype: the float64 copy is made chunk by chunk inside fit

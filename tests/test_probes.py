@@ -99,8 +99,13 @@ def test_scikit_learn_protocol_and_errors():
         LinearProbe().fit(X, Y, -w)
     with pytest.raises(ValueError, match="ridge"):
         LinearProbe(ridge=-1.0).fit(X, Y)
-    with pytest.raises(ValueError, match=r"\[n, 6\]"):
-        LinearProbe().fit(X, Y).predict(X[:, :3])
+    fitted = LinearProbe().fit(torch.cat([X, torch.ones(400, 1)], 1), Y)  # constant column: its coefficient is 0
+    assert fitted.coef_[:, -1].abs().max() == pytest.approx(0.0, abs=1e-12)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="non-finite"):  # even where the coefficient is exactly 0
+            fitted.predict(torch.cat([X, torch.full((400, 1), bad)], 1))
+    with pytest.raises(ValueError, match=r"\[n, 7\]"):
+        fitted.predict(X[:, :3])
 
 
 def test_split_by_sequence():
