@@ -18,7 +18,7 @@ from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.probes import best_hook, probe_hooks
 
 PROBE_JSON, PROBE_WEIGHTS = "probe.json", "probe.safetensors"
-PROBE_FORMAT = 2  # bump when what probe.json holds or how it is computed changes: older files are redone
+PROBE_FORMAT = 3  # bump when what probe.json holds or how it is computed changes: older files are redone
 CONCAT = "all_layers"
 
 
