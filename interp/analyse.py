@@ -274,65 +274,68 @@ def _f(x, fmt="{:.4f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def format_markdown(out: dict) -> str:
     lines = ["# Runs compared", "",
              "Probe R^2: held-out sequences, pooled over belief coordinates, weighted by sequence probability.",
              "Causal: mean KL from the HMM's prediction at the steered-to belief to the model's next-token "
              "distribution, before -> after moving the residual along the probe (random move of the same size "
              "in brackets).", ""]
-    lines += ["| run | family | process | relative loss | probe R^2 (hook) | all layers | shuffled | causal KL |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in out["runs"]:
-        c = r["causal"]
-        lines.append(f"| {r['run']} | {r['family']} | {r['process']} | {_f(r['relative_loss'], '{:.6f}')} | "
-                     f"{_f(r['probe_r2'])} ({r['probe_hook']}) | {_f(r['probe_r2_all_layers'])} | "
-                     f"{_f(r['probe_r2_shuffled'])} | {_f(c['kl_target_before'], '{:.2e}')} -> "
-                     f"{_f(c['kl_target_after'], '{:.2e}')} ({_f(c['kl_target_random'], '{:.2e}')}) |")
-    lines += ["", "## Construction (scaled vector addition) per process", "",
-              "| process | lambda analytic | lambda fitted | R^2 analytic | R^2 analytic + read-out | R^2 fitted | "
-              "R^2 matrix power | relative loss analytic | relative loss fitted |", "|---|---|---|---|---|---|---|---|---|"]
-    for label, k in out["construction"].items():
-        lines.append(f"| {label} | {_f(k.get('lambda_analytic'))} | {_f(k.get('lambda_fitted'))} | "
-                     f"{_f(k.get('r2_analytic'))} | {_f(k.get('r2_analytic_readout'))} | {_f(k.get('r2_fitted'))} | "
-                     f"{_f(k.get('r2_matrix_power'))} | {_f(k.get('relative_loss_analytic'), '{:.6f}')} | "
-                     f"{_f(k.get('relative_loss_fitted'), '{:.6f}')} |")
+    e2 = "{:.2e}"
+    lines += _table(
+        ["run", "family", "process", "relative loss", "probe R^2 (hook)", "all layers", "shuffled", "causal KL"],
+        [[r["run"], r["family"], r["process"], _f(r["relative_loss"], "{:.6f}"),
+          f"{_f(r['probe_r2'])} ({r['probe_hook']})", _f(r["probe_r2_all_layers"]), _f(r["probe_r2_shuffled"]),
+          f"{_f(r['causal']['kl_target_before'], e2)} -> {_f(r['causal']['kl_target_after'], e2)} "
+          f"({_f(r['causal']['kl_target_random'], e2)})"] for r in out["runs"]])
+    lines += ["", "## Construction (scaled vector addition) per process", ""]
+    keys = ["lambda_analytic", "lambda_fitted", "r2_analytic", "r2_analytic_readout", "r2_fitted", "r2_matrix_power"]
+    lines += _table(
+        ["process", "lambda analytic", "lambda fitted", "R^2 analytic", "R^2 analytic + read-out", "R^2 fitted",
+         "R^2 matrix power", "relative loss analytic", "relative loss fitted"],
+        [[label, *(_f(k.get(key)) for key in keys), _f(k.get("relative_loss_analytic"), "{:.6f}"),
+          _f(k.get("relative_loss_fitted"), "{:.6f}")] for label, k in out["construction"].items()])
     att = [(r, a) for r in out["runs"] for a in r.get("attention", [])]
     if att:
         lines += ["", "## Attention", "",
                   "Fixedness: mean std of each pattern entry across inputs; position share: the part of the "
                   "pattern's variance that position alone explains. Decay: geometric fit of the mean pattern, "
                   "leaving out the current (and previous) token where that fits better. TV: mean total-variation "
-                  "distance per query row to the construction's (row-normalised) pattern.", "",
-                  "| run | hook | head | std | position share | current | previous | decay (excluded) | "
-                  "TV to analytic | TV to fitted |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r, a in att:
-            fit = a[f"exclude_{a['best_exclude']}"]
-            lines.append(f"| {r['run']} | {a['hook']} | {a['head']} | {_f(a['mean_std'])} | {_f(a['position_share'])} "
-                         f"| {_f(a['current_weight'])} | {_f(a['previous_weight'])} | {_f(fit['decay'])} "
-                         f"({a['best_exclude']}) | {_f(a.get('distance_to_analytic', {}).get('tv'))} | "
-                         f"{_f(a.get('distance_to_fitted', {}).get('tv'))} |")
+                  "distance per query row to the construction's (row-normalised) pattern.", ""]
+        lines += _table(
+            ["run", "hook", "head", "std", "position share", "current", "previous", "decay (excluded)",
+             "TV to analytic", "TV to fitted"],
+            [[r["run"], a["hook"], str(a["head"]), _f(a["mean_std"]), _f(a["position_share"]),
+              _f(a["current_weight"]), _f(a["previous_weight"]),
+              f"{_f(a['exclude_' + str(a['best_exclude'])]['decay'])} ({a['best_exclude']})",
+              _f(a.get("distance_to_analytic", {}).get("tv")), _f(a.get("distance_to_fitted", {}).get("tv"))]
+             for r, a in att])
     ssm = [(r, s) for r in out["runs"] for s in r.get("ssm", [])]
     if ssm:
         lines += ["", "## SSM spectrum", "",
                   "Leading eigenvalues: the modes carrying most of the layer's output variance. Effective decay: "
                   "the geometric rate at which a token's effect on the probed belief fades (fit over lags), with "
-                  "the cosine of that effect with the construction's v[x] at lags 1, 2, 3.", "",
-                  "| run | layer | leading eigenvalues (share of output variance) | effective decay | cosine with v | "
-                  "Smat on zero-sum vectors |", "|---|---|---|---|---|---|"]
+                  "the cosine of that effect with the construction's v[x] at lags 1, 2, 3.", ""]
+        rows = []
         for r, s in ssm:
-            lead = ", ".join(f"{_cx(e['eigenvalue'])} ({e['share']:.2f})" for e in s.get("leading", []))
             eff = s.get("effective")
-            cos = "-" if eff is None else ", ".join(f"{c:.3f}" for c in eff["cosine_with_v"][:3])
-            lines.append(f"| {r['run']} | {s['layer']} | {lead or '-'} | {_f(eff and eff['decay'])} | {cos} | "
-                         f"{', '.join(_cx(z) for z in s['smat_zero_sum_eigenvalues'])} |")
+            rows.append([r["run"], str(s["layer"]),
+                         ", ".join(f"{_cx(e['eigenvalue'])} ({e['share']:.2f})" for e in s.get("leading", [])) or "-",
+                         _f(eff and eff["decay"]),
+                         "-" if eff is None else ", ".join(f"{c:.3f}" for c in eff["cosine_with_v"][:3]),
+                         ", ".join(_cx(z) for z in s["smat_zero_sum_eigenvalues"])])
+        lines += _table(["run", "layer", "leading eigenvalues (share of output variance)", "effective decay",
+                         "cosine with v", "Smat on zero-sum vectors"], rows)
     bn = [r for r in out["runs"] if "belief_net" in r]
     if bn:
-        lines += ["", "## Belief Net against the true HMM (states matched)", "",
-                  "| run | A Frobenius | C Frobenius | mu L1 |", "|---|---|---|---|"]
-        for r in bn:
-            b = r["belief_net"]
-            lines.append(f"| {r['run']} | {_f(b.get('A_frobenius'))} | {_f(b.get('C_frobenius'))} | "
-                         f"{_f(b.get('mu_l1'))} |" if b["comparable"] else f"| {r['run']} | {b['reason']} | | |")
+        lines += ["", "## Belief Net against the true HMM (states matched)", ""]
+        lines += _table(["run", "A Frobenius", "C Frobenius", "mu L1"],
+                        [[r["run"], *(_f(r["belief_net"].get(k)) for k in ("A_frobenius", "C_frobenius", "mu_l1"))]
+                         if r["belief_net"]["comparable"] else [r["run"], r["belief_net"]["reason"], "", ""]
+                         for r in bn])
     return "\n".join(lines) + "\n"
 
 
