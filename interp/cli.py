@@ -177,6 +177,42 @@ def cmd_construct(args) -> None:
           f"linear read-out, {res['relative_loss_exact_readout']:.6f} read exactly; BOS token {c['bos_token']}")
 
 
+def cmd_recover(args) -> None:
+    """Belief Net against Baum-Welch and spectral learning on parameter recovery (runs/<name>.toml)."""
+    from pathlib import Path
+
+    from interp.recovery import load_recovery_config, run_recovery
+
+    cfg = load_recovery_config(args.config)
+    if args.seeds is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, seeds=tuple(range(args.seeds)))
+    if args.device != "cpu":
+        from dataclasses import replace
+
+        _device(args.device)
+        cfg = replace(cfg, device=args.device)
+    out_dir = Path(args.out) if args.out else Path(args.config).parent / cfg.name
+    out = run_recovery(cfg, out_dir, force=args.force, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    summary = out["summary"]
+    print(f"{'method':<28} {'recovered':>9} {'excess NLL (mean +- std)':>26} {'A err':>15} {'C err':>15} {'seconds':>9}")
+    for m, st in summary.items():
+        if m == "speedup":
+            continue
+        ex, a, c, sec = (st.get(k, {}) for k in ("excess_nll", "A_frobenius", "C_frobenius", "seconds"))
+        pm = lambda d: f"{d['mean']:.4f} +- {d['std']:.4f}" if d else "-"  # noqa: E731
+        print(f"{m:<28} {st['n_recovered']:>4}/{st['n_seeds']:<4} {pm(ex):>26} {pm(a):>15} {pm(c):>15} "
+              f"{sec.get('mean', float('nan')):>9.1f}")
+    sp = summary["speedup"]
+    if sp["n_reached"]:
+        print(f"Belief Net reached Baum-Welch's final held-out NLL in {sp['n_reached']}/{sp['n_seeds']} seeds, "
+              f"{sp['median']:.1f}x sooner (median; {sp['min']:.1f}x to {sp['max']:.1f}x)")
+    else:
+        print(f"Belief Net never reached Baum-Welch's final held-out NLL ({sp['n_seeds']} seeds)")
+    print(f"-> {out_dir / 'recovery.json'}")
+
+
 def cmd_bench(args) -> None:
     from interp.bench_hmm import format_table, run_hmm_bench
     from interp.bench_train import run_train_bench
@@ -257,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay", choices=("analytic", "fitted"), default="analytic")
     p.add_argument("--out", default=None, help="run folder (default runs/<process>_construction)")
     p.set_defaults(func=cmd_construct)
+
+    p = sub.add_parser("recover", help="Belief Net vs Baum-Welch vs spectral learning on parameter recovery")
+    p.add_argument("config", help="path to the study's TOML config (runs/<name>.toml)")
+    p.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of the config's")
+    p.add_argument("--device", default="cpu", help="where the Belief Net trains (hmmlearn is CPU only)")
+    p.add_argument("--force", action="store_true", help="discard an existing study folder")
+    p.add_argument("--out", default=None, help="output folder (default runs/<name>/)")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("bench", help="sampler and filter against hmmlearn, training step times, matmul peak")
     p.add_argument("--suite", choices=("hmm", "train", "all"), default="all")
