@@ -155,3 +155,21 @@ def test_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.toml" in err and "hmm.n_states" in err
     assert main(["recover", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_figures_are_written_and_byte_identical(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("recovery_figures",
+                                                  Path(__file__).parents[1] / "analysis" / "recovery_figures.py")
+    figs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figs)
+    run_recovery(recovery_config_from_dict({**TINY, "seeds": [0], "ablation": {}}), tmp_path / "s")
+    assert figs.main([str(tmp_path / "s"), "--out", str(tmp_path / "a")]) == 0
+    assert figs.main([str(tmp_path / "s"), "--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["recovery_errors.pdf", "recovery_errors.png", "recovery_nll_time.pdf", "recovery_nll_time.png"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert figs.main([str(tmp_path / "nowhere")]) == 2
