@@ -15,7 +15,9 @@ from interp.runconfig import ProcessConfig, RunConfig, TrainConfig, load_run_con
 from interp.trainer import lr_at
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
-SHIPPED = sorted(RUNS.glob("*.toml"))
+# runs/recovery_*.toml are recovery studies (interp recover); the rest are training runs
+SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith("recovery_"))
+SHIPPED_RECOVERY = sorted(RUNS.glob("recovery_*.toml"))
 
 VALID = {
     "seed": 1,
@@ -220,6 +222,15 @@ def test_shipped_config_loads(path):
     assert cfg.name == path.stem
     assert cfg.process.build().n_tokens >= 2
     assert run_config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("path", SHIPPED_RECOVERY, ids=[p.stem for p in SHIPPED_RECOVERY])
+def test_shipped_recovery_config_loads(path):
+    from interp.recovery import load_recovery_config, recovery_config_from_dict
+
+    cfg = load_recovery_config(path)
+    assert cfg.name == path.stem and len(cfg.seeds) >= 10
+    assert recovery_config_from_dict(cfg.to_dict()) == cfg
 
 
 # ----------------------------------------------------------- lr schedule
