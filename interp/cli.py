@@ -181,16 +181,16 @@ def cmd_recover(args) -> None:
     """Belief Net against Baum-Welch and spectral learning on parameter recovery (runs/<name>.toml)."""
     from pathlib import Path
 
+    from dataclasses import replace
+
     from interp.recovery import load_recovery_config, run_recovery
 
     cfg = load_recovery_config(args.config)
     if args.seeds is not None:
-        from dataclasses import replace
-
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         cfg = replace(cfg, seeds=tuple(range(args.seeds)))
     if args.device != "cpu":
-        from dataclasses import replace
-
         _device(args.device)
         cfg = replace(cfg, device=args.device)
     out_dir = Path(args.out) if args.out else Path(args.config).parent / cfg.name
