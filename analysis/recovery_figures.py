@@ -56,17 +56,29 @@ def nll_time(studies: list[dict], out: Path) -> None:
 
 
 def errors(studies: list[dict], out: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    """Per method and study: every seed's value (dots) and the median (bar)."""
+    methods = []
+    for study in studies:
+        for seed in study["seeds"]:
+            methods += [m for m in seed["methods"] if m not in methods]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    width = 0.8 / len(studies)
     for k, study in enumerate(studies):
-        summary = study["summary"]
-        methods = [m for m in summary if m != "speedup"]
-        x = np.arange(len(methods)) + k * 0.8 / max(len(studies), 1)
+        colour, labelled = f"C{k}", False
         for ax, key in zip(axes, ("excess_nll", "A_frobenius", "C_frobenius")):
-            mean = [summary[m].get(key, {}).get("mean", np.nan) for m in methods]
-            std = [summary[m].get(key, {}).get("std", np.nan) for m in methods]
-            ax.errorbar(x, mean, yerr=std, fmt="o", capsize=3, label=label(study))
-            ax.set_xticks(np.arange(len(methods)), methods, rotation=60, ha="right", fontsize=7)
-            ax.set(title=key.replace("_", " "), yscale="log" if key == "excess_nll" else "linear")
+            for i, m in enumerate(methods):
+                vals = [s["methods"][m][key] for s in study["seeds"] if m in s["methods"] and key in s["methods"][m]]
+                if not vals:
+                    continue
+                x = i + (k - (len(studies) - 1) / 2) * width
+                ax.scatter(np.full(len(vals), x), vals, s=10, color=colour, alpha=0.6,
+                           label=None if labelled else label(study))
+                labelled = True
+                ax.hlines(np.median(vals), x - width / 2, x + width / 2, color=colour)
+    for ax, key in zip(axes, ("excess held-out NLL (nats/token)", "A Frobenius error", "C Frobenius error")):
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=60, ha="right", fontsize=7)
+        ax.set_title(key, fontsize=9)
+    axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save(fig, out, "recovery_errors")
