@@ -39,6 +39,39 @@ def _fmt_vec(v: torch.Tensor) -> str:
 
 
 def cmd_run(args) -> None:
+    """The whole pipeline on one process (the embedded Mess3 default, or runs/<pipeline>.toml)."""
+    from pathlib import Path
+
+    from interp.pipeline import Pipeline, default_pipeline_config, load_pipeline_config
+
+    if args.config is None:
+        cfg, root = default_pipeline_config(), Path("runs")
+    else:
+        cfg, root = load_pipeline_config(args.config), Path(args.config).parent
+    out = Path(args.out) if args.out else root / cfg.name
+    _device(args.device)
+    Pipeline(cfg, out, args.figures, device=args.device, workers=args.workers, figures=not args.no_figures,
+             log=lambda msg: print(msg, flush=True)).run()
+
+
+def cmd_figures(args) -> None:
+    """Redraw the figure set from a finished pipeline folder, without training anything."""
+    from pathlib import Path
+
+    from interp.io import read_json
+    from interp.pipeline import PIPELINE_FILE, draw_figures, figure_inputs, load_figure_script, pipeline_config_from_dict
+
+    root = Path(args.run)
+    if not (root / PIPELINE_FILE).is_file():
+        raise FileNotFoundError(f"no pipeline folder at {root} (it has no {PIPELINE_FILE}); run `interp run` first")
+    cfg = pipeline_config_from_dict(read_json(root / PIPELINE_FILE))
+    out = Path(args.out or cfg.figures_out)
+    t0 = time.perf_counter()
+    names = draw_figures(load_figure_script(), figure_inputs(cfg, root), out, command=f"interp figures {root}")
+    print(f"{len(names)} files in {time.perf_counter() - t0:.1f} s -> {out}")
+
+
+def cmd_describe(args) -> None:
     """Describe a process exactly: sampling check, MSP size, optimal loss per position, entropy rate."""
     params = _parse_params(args.param)
     hmm = H.get_process(args.process, **params).to(_device(args.device))
@@ -245,7 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="the main job: analyse a process exactly (default Mess3(0.15, 0.6))")
+    p = sub.add_parser("run", help="the main job: train, cache, probe, compare, recover and draw the figure set")
+    p.add_argument("config", nargs="?", default=None,
+                   help="pipeline TOML (default: the embedded Mess3(0.15, 0.6) pipeline, into runs/mess3)")
+    p.add_argument("--out", default=None, help="pipeline folder (default: runs/<name>/ beside the config)")
+    p.add_argument("--figures", default=None, help="figure folder (default: the config's figures.out, paper_figs)")
+    p.add_argument("--no-figures", action="store_true", help="stop before drawing the figures")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for independent stages (0: in process)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("figures", help="redraw the figure set from a finished pipeline folder")
+    p.add_argument("run", nargs="?", default="runs/mess3", help="pipeline folder (default runs/mess3)")
+    p.add_argument("--out", default=None, help="figure folder (default: the pipeline's figures.out, paper_figs)")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("describe", help="a process exactly: sampling, MSP size, optimal loss per position")
     p.add_argument("--process", default="mess3", help="a registered process (see `interp processes`)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="process parameter, repeatable (default for mess3: x=0.15 a=0.6)")
@@ -253,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=100_000, help="sequences to sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("train", help="train a model from a run config (runs/<name>.toml)")
     p.add_argument("config", help="path to the run's TOML config")
@@ -314,10 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from interp.pipeline import StageError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, StageError) as err:
         print(f"interp: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -429,9 +429,12 @@ def aggregate(seeds: list[dict]) -> dict:
     return out
 
 
-def run_recovery(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = False,
-                 log: Callable[[str], None] = lambda m: None) -> dict:
-    """Every seed of ``cfg`` (each saved on completion, so an interrupted study resumes), then recovery.json."""
+def seed_path(out_dir: str | Path, seed: int) -> Path:
+    return Path(out_dir) / "seeds" / f"seed_{seed:04d}.json"
+
+
+def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Create ``out_dir`` for ``cfg`` (emptied first with ``force``); refuse a folder holding another study."""
     import shutil
 
     from interp.io import read_json, write_json
@@ -443,17 +446,31 @@ def run_recovery(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fals
     if cfg_path.exists() and read_json(cfg_path) != cfg.to_dict():
         raise FileExistsError(f"{out_dir} holds a study with another config; use --force to start again")
     write_json(cfg_path, cfg.to_dict())
-    results = []
-    for seed in cfg.seeds:
-        path = out_dir / "seeds" / f"seed_{seed:04d}.json"
-        if path.exists():
-            log(f"seed {seed}: done before, reused")
-            results.append(read_json(path))
-            continue
-        with flush_denormals():  # tiny forward-filter values otherwise slow every step several-fold
-            res = run_seed(cfg, seed, log=log)
-        write_json(path, res)
-        results.append(res)
+    return out_dir
+
+
+def run_recovery_seed(cfg: RecoveryConfig, seed: int, out_dir: str | Path, *,
+                      log: Callable[[str], None] = lambda m: None) -> dict:
+    """One seed of a prepared study: read back if it finished before, else run and save it."""
+    from interp.io import read_json, write_json
+
+    path = seed_path(out_dir, seed)
+    if path.exists():
+        log(f"seed {seed}: done before, reused")
+        return read_json(path)
+    with flush_denormals():  # tiny forward-filter values otherwise slow every step several-fold
+        res = run_seed(cfg, seed, log=log)
+    write_json(path, res)
+    return res
+
+
+def run_recovery(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = False,
+                 log: Callable[[str], None] = lambda m: None) -> dict:
+    """Every seed of ``cfg`` (each saved on completion, so an interrupted study resumes), then recovery.json."""
+    from interp.io import write_json
+
+    out_dir = prepare_study(cfg, out_dir, force=force)
+    results = [run_recovery_seed(cfg, seed, out_dir, log=log) for seed in cfg.seeds]
     out = {"config": cfg.to_dict(), "summary": aggregate(results), "seeds": results}
     write_json(out_dir / "recovery.json", out)
     return out

@@ -30,7 +30,7 @@ def test_matmul_peak_is_positive_and_table_has_every_row():
 
 
 def test_run_prints_exact_optimal_loss(capsys):
-    assert main(["run", "--samples", "200", "--length", "6"]) == 0
+    assert main(["describe", "--samples", "200", "--length", "6"]) == 0
     out = capsys.readouterr().out
     assert "mess3(x=0.15, a=0.6)" in out
     # position 0 of Mess3 is uniform: log 3 exactly
@@ -38,6 +38,6 @@ def test_run_prints_exact_optimal_loss(capsys):
 
 
 def test_run_rejects_bad_process_parameter(capsys):
-    assert main(["run", "--param", "x=0.7"]) == 2
+    assert main(["describe", "--param", "x=0.7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("interp: error:") and "x must" in err[0]

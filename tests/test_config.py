@@ -15,8 +15,9 @@ from interp.runconfig import ProcessConfig, RunConfig, TrainConfig, load_run_con
 from interp.trainer import lr_at
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
-# runs/recovery_*.toml are recovery studies (interp recover); the rest are training runs
-SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith("recovery_"))
+# runs/recovery_*.toml are recovery studies (interp recover), runs/pipeline_*.toml pipelines (interp run,
+# tested in test_pipeline.py); the rest are training runs
+SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith(("recovery_", "pipeline_")))
 SHIPPED_RECOVERY = sorted(RUNS.glob("recovery_*.toml"))
 
 VALID = {
