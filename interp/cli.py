@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print(f"interp: interrupted; `interp {args.command}` again resumes from what was saved", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError, StageError) as err:
         print(f"interp: error: {err}", file=sys.stderr)
         return 2

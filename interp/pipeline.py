@@ -503,7 +503,9 @@ class Pipeline:
                             self._say(stage, fut.result(), time.perf_counter() - t0)
                         except Exception as err:  # noqa: BLE001
                             errors.append((stage, err))
-                except BaseException:
+                except BaseException:  # an interrupt stops the workers at once: checkpoints keep their work
+                    for proc in list(getattr(pool, "_processes", {}).values()):
+                        proc.terminate()
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
         if errors:
