@@ -188,3 +188,13 @@ def cyclic(n_states: int = 64, n_tokens: int = 128, seed: int = 0, shift_weight:
     C = _sparse_rows(rng, s, v, en, alpha)
     T = torch.as_tensor(C.T[:, :, None] * A[None], dtype=torch.float64)
     return HMM(T)
+
+
+@register("blocked")
+def blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: int = 4, successors: int = 4, seed: int = 0,
+            self_weight: float = 0.5):
+    """Block-sparse HMM (``interp.hmm.blocked.BlockedHMM``): groups of ``group_size`` states, each emitting its own
+    ``tokens_per_group`` tokens and moving to ``successors`` groups; never stored as a dense tensor."""
+    from interp.hmm.blocked import random_blocked
+
+    return random_blocked(n_groups, group_size, tokens_per_group, successors, seed, self_weight)

@@ -1,0 +1,241 @@
+"""Block-sparse HMMs: states in groups of k, each group emitting its own block of tokens.
+
+G groups of k states (S = G k); group g emits only tokens ``g m .. g m + m - 1`` (V = G m), so a token names
+the group of the state that emitted it and the belief after any prefix lives on one group: k numbers. A group
+moves to d successor groups ``succ[g, e]`` with probability ``w[g, e]``, and within that move by the k x k
+stochastic block ``blocks[g, e]``. In emission form (z_1 ~ mu, x_t ~ C[z_t], z_{t+1} ~ A[z_t]):
+
+    A[(g, i), (succ[g, e], j)] = w[g, e] blocks[g, e, i, j],   C[(g, i), g m + c] = emit[g, i, c].
+
+Storage is G d k^2 + G k m + G k numbers instead of the dense V S^2; filtering costs O(T k^2) per sequence
+(one k x k product per step), so S = 2^14 and beyond fit where the dense (V, S, S) tensor does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from interp.hmm.core import HMM
+
+
+@dataclass(frozen=True)
+class BlockedFilterResult:
+    group: torch.Tensor  # (n, L) long: the group every belief lives on (the group of token t)
+    beliefs: torch.Tensor  # (n, L, k) posterior over the state that emitted token t (on its group), given 0..t
+    log_normalizers: torch.Tensor  # (n, L) log P(x_t | x_<t); -inf where the sequence is impossible
+
+
+def _check_rows(t: torch.Tensor, name: str, atol: float = 1e-9) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite entries")
+    if (t < 0).any():
+        idx = tuple(int(i) for i in (t < 0).nonzero()[0])
+        raise ValueError(f"{name} has a negative entry at {idx}")
+    err = (t.sum(-1) - 1).abs()
+    if (err > atol).any():
+        idx = tuple(int(i) for i in (err > atol).nonzero()[0])
+        raise ValueError(f"{name} row {idx} sums to {float(t.sum(-1)[idx]):.12g}, not 1")
+
+
+class BlockedHMM:
+    """``BlockedHMM(mu, succ, w, blocks, emit)``; shapes (G, k), (G, d), (G, d), (G, d, k, k), (G, k, m).
+
+    Validated on construction like :class:`interp.hmm.HMM` (finite, non-negative, rows summing to 1 within
+    1e-9, successor groups distinct and in range); a violation raises ``ValueError`` naming it."""
+
+    def __init__(self, mu, succ, w, blocks, emit, *, name: str = "blocked"):
+        mu, w, blocks, emit = (torch.as_tensor(t, dtype=torch.float64) for t in (mu, w, blocks, emit))
+        succ = torch.as_tensor(succ, dtype=torch.long, device=mu.device)
+        if mu.ndim != 2 or succ.ndim != 2 or w.shape != succ.shape or emit.ndim != 3:
+            raise ValueError(f"need mu (G, k), succ and w (G, d), blocks (G, d, k, k), emit (G, k, m); got "
+                             f"{tuple(mu.shape)}, {tuple(succ.shape)}, {tuple(w.shape)}, {tuple(blocks.shape)}, "
+                             f"{tuple(emit.shape)}")
+        G, k = mu.shape
+        d = succ.shape[1]
+        if blocks.shape != (G, d, k, k) or emit.shape[:2] != (G, k):
+            raise ValueError(f"blocks must be {(G, d, k, k)} and emit {(G, k)} + (m,), got {tuple(blocks.shape)}, "
+                             f"{tuple(emit.shape)}")
+        if ((succ < 0) | (succ >= G)).any():
+            raise ValueError(f"succ must hold group indices in [0, {G})")
+        if (succ.sort(1).values.diff(dim=1) == 0).any():
+            raise ValueError("succ must list distinct successor groups in every row")
+        if not torch.isfinite(mu).all() or (mu < 0).any() or abs(float(mu.sum()) - 1) > 1e-9:
+            raise ValueError("mu must be a non-negative (G, k) array summing to 1")
+        _check_rows(w, "w")
+        _check_rows(blocks, "blocks")
+        _check_rows(emit, "emit")
+        self.mu, self.succ, self.w, self.blocks, self.emit = mu, succ, w, blocks, emit
+        self.name, self.params = name, {}
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_groups(self) -> int:
+        return self.mu.shape[0]
+
+    @property
+    def group_size(self) -> int:
+        return self.mu.shape[1]
+
+    @property
+    def tokens_per_group(self) -> int:
+        return self.emit.shape[2]
+
+    @property
+    def n_states(self) -> int:
+        return self.n_groups * self.group_size
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_groups * self.tokens_per_group
+
+    def to(self, device) -> "BlockedHMM":
+        out = BlockedHMM(self.mu.to(device), self.succ.to(device), self.w.to(device), self.blocks.to(device),
+                         self.emit.to(device), name=self.name)
+        out.params = dict(self.params)
+        return out
+
+    # ------------------------------------------------------------------ dense view
+    def transition_matrix(self) -> torch.Tensor:
+        """Dense A (S, S); only for sizes where it fits."""
+        G, k, d = self.n_groups, self.group_size, self.succ.shape[1]
+        A = torch.zeros(G, k, G, k, dtype=torch.float64, device=self.mu.device)
+        for e in range(d):
+            A[torch.arange(G), :, self.succ[:, e], :] += self.w[:, e, None, None] * self.blocks[:, e]
+        return A.reshape(G * k, G * k)
+
+    def emission_matrix(self) -> torch.Tensor:
+        """Dense C (S, V)."""
+        G, k, m = self.n_groups, self.group_size, self.tokens_per_group
+        C = torch.zeros(G, k, G, m, dtype=torch.float64, device=self.mu.device)
+        C[torch.arange(G), :, torch.arange(G), :] = self.emit
+        return C.reshape(G * k, G * m)
+
+    def to_dense(self) -> HMM:
+        """The same process as a dense :class:`HMM` (exact; for checking on small sizes)."""
+        return HMM.from_emission(self.mu.reshape(-1), self.transition_matrix(), self.emission_matrix(),
+                                 name=self.name)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, length: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+               return_states: bool = False):
+        """Tokens (n, length) [and states (n, length), as g k + i] by inverse-CDF draws from ``generator``."""
+        if n < 1 or length < 1:
+            raise ValueError(f"n and length must be >= 1, got {n}, {length}")
+        dev = self.mu.device
+        if generator is None:
+            generator = torch.Generator(device=dev).manual_seed(0 if seed is None else seed)
+        k, m = self.group_size, self.tokens_per_group
+
+        def draw(probs: torch.Tensor) -> torch.Tensor:  # (n, K) rows -> (n,) indices
+            u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=dev, generator=generator)
+            cdf = probs.cumsum(-1)
+            return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+        state = draw(self.mu.reshape(1, -1).expand(n, -1))
+        g, i = state // k, state % k
+        tokens = torch.empty(n, length, dtype=torch.long, device=dev)
+        states = torch.empty(n, length, dtype=torch.long, device=dev)
+        for t in range(length):
+            tokens[:, t] = g * m + draw(self.emit[g, i])
+            states[:, t] = g * k + i
+            if t + 1 < length:
+                e = draw(self.w[g])
+                i = draw(self.blocks[g, e, i])
+                g = self.succ[g, e]
+        return (tokens, states) if return_states else tokens
+
+    # ------------------------------------------------------------------ filtering
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(tokens) or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("tokens must be an integer tensor (n, L)")
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must be a non-empty (n, L) tensor, got shape {tuple(tokens.shape)}")
+        if tokens.min() < 0 or tokens.max() >= self.n_tokens:
+            raise ValueError(f"tokens must lie in [0, {self.n_tokens}), got {int(tokens.min())}..{int(tokens.max())}")
+        return tokens.long().to(self.mu.device)
+
+    @torch.no_grad()
+    def filter(self, tokens: torch.Tensor, *, return_beliefs: bool = True) -> BlockedFilterResult:
+        """Exact forward filter: one k x k product per sequence and step, batched over the sequences that make
+        the same (group, successor) move, so each product is a (rows, k) @ (k, k) matmul."""
+        tokens = self._check_tokens(tokens)
+        n, L = tokens.shape
+        k, m, d = self.group_size, self.tokens_per_group, self.succ.shape[1]
+        group, local = tokens // m, tokens % m
+        log_z = torch.empty(n, L, dtype=torch.float64, device=tokens.device)
+        beliefs = torch.empty(n, L, k, dtype=torch.float64, device=tokens.device) if return_beliefs else None
+
+        def condition(prior: torch.Tensor, t: int) -> torch.Tensor:
+            post = prior * self.emit[group[:, t], :, local[:, t]]
+            z = post.sum(-1, keepdim=True)
+            log_z[:, t] = torch.log(z.squeeze(-1))
+            post = torch.where(z > 0, post / z.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+            if beliefs is not None:
+                beliefs[:, t] = post
+            return post
+
+        alpha = condition(self.mu[group[:, 0]], 0)
+        for t in range(1, L):
+            g, h = group[:, t - 1], group[:, t]
+            hit = self.succ[g] == h[:, None]  # (n, d): which successor move leads to the next token's group
+            e = hit.float().argmax(1)
+            possible = hit.any(1)
+            prior = torch.zeros_like(alpha)
+            pair = g * d + e
+            order = torch.argsort(pair)
+            bounds = torch.searchsorted(pair[order], torch.unique(pair), right=True).tolist()
+            start = 0
+            for stop in bounds:  # sequences sorted by (group, move): one matmul per distinct move
+                rows = order[start:stop]
+                gg, ee = int(g[rows[0]]), int(e[rows[0]])
+                prior[rows] = (alpha[rows] @ self.blocks[gg, ee]) * self.w[gg, ee]
+                start = stop
+            prior[~possible] = 0.0
+            alpha = condition(prior, t)
+        return BlockedFilterResult(group, beliefs, log_z)
+
+    def log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n,) log P(tokens); -inf for impossible sequences."""
+        return self.filter(tokens, return_beliefs=False).log_normalizers.sum(1)
+
+    def beliefs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, L, S) dense beliefs in the library's convention (:func:`interp.hmm.beliefs`): the distribution of
+        the state after emitting token t, i.e. ``filter(...).beliefs`` moved one step by A. For small S only."""
+        res = self.filter(tokens)
+        n, L, k = res.beliefs.shape
+        out = torch.zeros(n, L, self.n_groups, k, dtype=torch.float64, device=res.beliefs.device)
+        for e in range(self.succ.shape[1]):
+            g = res.group
+            moved = torch.einsum("nti,ntij->ntj", res.beliefs, self.blocks[g, e]) * self.w[g, e][..., None]
+            out.scatter_add_(2, self.succ[g, e][..., None, None].expand(n, L, 1, k), moved[:, :, None, :])
+        return out.reshape(n, L, self.n_states)
+
+
+def random_blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: int = 4, successors: int = 4,
+                   seed: int = 0, self_weight: float = 0.5, alpha: float = 1.0) -> BlockedHMM:
+    """A random block-sparse HMM: group g moves to itself with ``self_weight`` and to ``successors - 1`` other
+    groups (drawn without replacement) with Dirichlet weights; dense Dirichlet(alpha) k x k blocks and emissions."""
+    for key, v in (("n_groups", n_groups), ("group_size", group_size), ("tokens_per_group", tokens_per_group),
+                   ("successors", successors)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+    if successors > n_groups:
+        raise ValueError(f"successors ({successors}) cannot exceed n_groups ({n_groups})")
+    if not 0 < self_weight <= 1 or (successors == 1 and self_weight != 1):
+        raise ValueError(f"self_weight must be in (0, 1] (1 when successors is 1), got {self_weight}")
+    rng = np.random.default_rng(seed)
+    G, k, m, d = n_groups, group_size, tokens_per_group, successors
+
+    def dir_rows(*shape):  # Dirichlet(alpha) rows as normalised Gamma draws
+        x = torch.from_numpy(rng.gamma(float(alpha), size=shape))
+        return x / x.sum(-1, keepdim=True)
+
+    others = torch.from_numpy(np.stack([np.concatenate([[g], (g + 1 + rng.permutation(G - 1)[:d - 1]) % G])
+                                        for g in range(G)]))
+    w = torch.cat([torch.full((G, 1), float(self_weight), dtype=torch.float64),
+                   (1 - self_weight) * dir_rows(G, d - 1)], 1) if d > 1 else torch.ones(G, 1, dtype=torch.float64)
+    mu = dir_rows(G * k).reshape(G, k)
+    return BlockedHMM(mu, others, w, dir_rows(G, d, k, k), dir_rows(G, k, m), name="blocked")

@@ -1,0 +1,95 @@
+"""Block-sparse HMMs against the dense HMM they stand for: filter, likelihood, beliefs, sampling, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.hmm import beliefs, get_process, log_likelihood
+from interp.hmm.blocked import BlockedHMM, random_blocked
+
+
+@pytest.mark.parametrize("G, k, m, d", [(5, 3, 2, 3), (4, 1, 3, 2), (3, 4, 1, 1), (6, 2, 2, 6)])
+def test_blocked_equals_dense_on_sampled_and_arbitrary_tokens(G, k, m, d):
+    b = get_process("blocked", n_groups=G, group_size=k, tokens_per_group=m, successors=d, seed=G + k,
+                    self_weight=1.0 if d == 1 else 0.5)
+    dense = b.to_dense()
+    assert dense.n_states == G * k and dense.n_tokens == G * m
+    sampled = b.sample(300, 25, seed=1)
+    arbitrary = torch.randint(0, G * m, (300, 3), generator=torch.Generator().manual_seed(2))  # some impossible
+    for tokens in (sampled, arbitrary):
+        ll_b, ll_d = b.log_likelihood(tokens), log_likelihood(dense, tokens)
+        finite = torch.isfinite(ll_d)
+        assert torch.equal(torch.isfinite(ll_b), finite)
+        torch.testing.assert_close(ll_b[finite], ll_d[finite], rtol=0, atol=1e-10)
+        eta_b, eta_d = b.beliefs(tokens[finite]), beliefs(dense, tokens[finite])
+        torch.testing.assert_close(eta_b, eta_d, rtol=0, atol=1e-10)
+    assert torch.isfinite(b.log_likelihood(sampled)).all()  # sampled sequences are possible
+    assert torch.isfinite(log_likelihood(dense, arbitrary)).any()
+    assert (d == G) == bool(torch.isfinite(log_likelihood(dense, arbitrary)).all())
+
+
+def test_filtered_beliefs_live_on_the_group_of_the_token():
+    b = random_blocked(6, 4, 3, 3, seed=0)
+    tokens = b.sample(50, 20, seed=0)
+    res = b.filter(tokens)
+    assert torch.equal(res.group, tokens // 3)
+    torch.testing.assert_close(res.beliefs.sum(-1), torch.ones(50, 20, dtype=torch.float64))
+    assert (res.beliefs >= 0).all()
+
+
+def test_sampled_tokens_follow_the_exact_marginals():
+    b = random_blocked(4, 3, 2, 2, seed=3)
+    dense = b.to_dense()
+    n = 100_000
+    tokens = b.sample(n, 6, seed=7)
+    A, C = b.transition_matrix(), b.emission_matrix()
+    p = b.mu.reshape(-1)
+    for t in range(6):
+        expected = p @ C
+        freq = torch.bincount(tokens[:, t], minlength=dense.n_tokens).double() / n
+        sigma = (expected * (1 - expected) / n).sqrt()
+        assert ((freq - expected).abs() <= 5 * sigma + 1e-12).all(), t
+        p = p @ A
+
+
+def test_large_blocked_filter_needs_no_dense_tensor():
+    b = random_blocked(n_groups=128, group_size=128, tokens_per_group=2, successors=2, seed=0)  # S = 2^14
+    assert b.n_states == 2**14
+    tokens = b.sample(8, 32, seed=0)
+    res = b.filter(tokens)
+    assert torch.isfinite(res.log_normalizers).all() and (res.log_normalizers <= 0).all()
+    torch.testing.assert_close(res.beliefs.sum(-1), torch.ones(8, 32, dtype=torch.float64))
+    # the per-step normalisers of the prefix filter are those of the whole sequence
+    torch.testing.assert_close(b.filter(tokens[:, :10]).log_normalizers, res.log_normalizers[:, :10])
+
+
+def test_invalid_blocked_hmms_and_tokens_are_named():
+    b = random_blocked(3, 2, 2, 2, seed=0)
+    args = dict(mu=b.mu, succ=b.succ, w=b.w, blocks=b.blocks, emit=b.emit)
+    bad = b.blocks.clone()
+    bad[1, 0, 1] *= 2
+    with pytest.raises(ValueError, match=r"blocks row \(1, 0, 1\) sums to"):
+        BlockedHMM(**{**args, "blocks": bad})
+    with pytest.raises(ValueError, match="distinct successor groups"):
+        BlockedHMM(**{**args, "succ": torch.zeros_like(b.succ)})
+    with pytest.raises(ValueError, match="emit has a negative entry"):
+        BlockedHMM(**{**args, "emit": b.emit - 1})
+    with pytest.raises(ValueError, match="succ must hold group indices"):
+        BlockedHMM(**{**args, "succ": b.succ + 10})
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 6\)"):
+        b.log_likelihood(torch.tensor([[0, 6]]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        b.log_likelihood(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="non-empty"):
+        b.log_likelihood(torch.zeros(0, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="successors"):
+        get_process("blocked", n_groups=2, successors=3)
+
+
+def test_the_registry_builds_blocked_hmms_with_their_parameters():
+    b = get_process("blocked", n_groups=4, group_size=2)
+    assert isinstance(b, BlockedHMM) and b.name == "blocked"
+    assert b.params == {"n_groups": 4, "group_size": 2, "tokens_per_group": 4, "successors": 4, "seed": 0,
+                        "self_weight": 0.5}
+    assert b.n_states == 8 and b.n_tokens == 16
