@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from interp.io import atomic_write_bytes  # noqa: E402
 
 DPI = 150
 FORMATS = ("png", "pdf")
@@ -87,29 +88,10 @@ def figure_style() -> Iterator[None]:
         yield
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then os.replace), with the
-    permissions an ordinary open() would give (mkstemp's are owner-only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (the library's writer); return the path."""
+    atomic_write_bytes(path, data)
+    return Path(path)
 
 
 def save(fig, out_dir: str | os.PathLike, stem: str) -> list[Path]:

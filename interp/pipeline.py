@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import shutil
 import time
@@ -616,7 +615,7 @@ def _attention_row(row: dict | None) -> dict | None:
 
 def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
     """The headline numbers of a finished pipeline, from its compare.json, run folders and recovery.json."""
-    from interp.analyse import process_label
+    from interp.analyse import _nan_to_none, process_label
     from interp.hmm import entropy_rate, optimal_loss
 
     lay = Layout(Path(root))
@@ -696,14 +695,4 @@ def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
                              if key in st}}
         summary["recovery"] = {"seeds": list(cfg.recovery.seeds), "epsilon": cfg.recovery.epsilon,
                                "methods": methods, "belief_net_speedup": rec["speedup"]}
-    return _finite(summary)
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
+    return _nan_to_none(summary)
