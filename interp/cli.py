@@ -273,6 +273,18 @@ def cmd_processes(args) -> None:
         doc = (fn.__doc__ or "").strip().splitlines()[0]
         print(f"{name}({sig})\n    {doc}")
 
+def cmd_sweep(args) -> None:
+    """A grid of runs (process params x model config x seeds): run what is not done, aggregate, draw."""
+    from pathlib import Path
+
+    from interp.sweep import Sweep, load_sweep_config
+
+    cfg = load_sweep_config(args.config)
+    out = Path(args.out) if args.out else Path(args.config).parent / cfg.name
+    _device(args.device)
+    Sweep(cfg, out, workers=args.workers, executor=args.executor, device=args.device, figure=not args.no_figure,
+          log=lambda msg: print(msg, flush=True)).run()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
@@ -287,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes for independent stages (0: in process)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid of runs (process params x model config x seeds), aggregated")
+    p.add_argument("config", help="sweep TOML (runs/<sweep>.toml)")
+    p.add_argument("--out", default=None, help="sweep folder (default: runs/<name>/ beside the config)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the local pool (0: in process)")
+    p.add_argument("--executor", default="pool", choices=["pool", "slurm", "local", "debug"],
+                   help="pool: the local process pool; slurm, local, debug: submitit's executors (extra [slurm])")
+    p.add_argument("--no-figure", action="store_true", help="skip drawing sweep.png")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("figures", help="redraw the figure set from a finished pipeline folder")
     p.add_argument("run", nargs="?", default="runs/mess3", help="pipeline folder (default runs/mess3)")
@@ -363,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from interp.pipeline import StageError
+    from interp.sweep import SweepError
 
     args = build_parser().parse_args(argv)
     try:
@@ -370,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interp: interrupted; `interp {args.command}` again resumes from what was saved", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, StageError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, StageError, SweepError) as err:
         print(f"interp: error: {err}", file=sys.stderr)
         return 2
     return 0

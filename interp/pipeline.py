@@ -31,6 +31,7 @@ from typing import Callable
 
 from interp.config import ConfigError, read_toml
 from interp.io import read_json, write_json
+from interp.jobs import probed, run_jobs, train_and_probe, trained
 from interp.runconfig import ProcessConfig, RunConfig, run_config_from_dict
 
 FAMILY_ORDER = ("transformer", "fixed_attention", "ssm", "belief_net")
@@ -271,17 +272,16 @@ def figure_inputs(cfg: PipelineConfig, root: Path):
 ANALYSIS_DIR = Path(__file__).resolve().parent.parent / "analysis"
 
 
-def load_figure_script():
-    """``analysis/figures.py`` of this checkout, imported by path (the figures are scripts, not library code)."""
+def load_analysis_script(stem: str):
+    """``analysis/<stem>.py`` of this checkout, imported by path (figures are scripts, not library code)."""
     import importlib.util
+    import sys
 
-    path = ANALYSIS_DIR / "figures.py"
+    path = ANALYSIS_DIR / f"{stem}.py"
     if not path.is_file():
         raise FileNotFoundError(f"the figure scripts are not at {path}: figures need the repository's analysis/ "
                                 f"folder (install with `pip install -e .` from a clone)")
-    import sys
-
-    name = "interp_analysis_figures"
+    name = f"interp_analysis_{stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file runs
@@ -291,6 +291,11 @@ def load_figure_script():
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def load_figure_script():
+    """``analysis/figures.py``: the paper figure set."""
+    return load_analysis_script("figures")
 
 
 def figure_fingerprint() -> str:
@@ -317,34 +322,6 @@ def _file_sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def _trained(cfg: RunConfig, run_dir: Path) -> bool:
-    path = run_dir / "result.json"
-    if not (path.is_file() and (run_dir / "model.safetensors").is_file()):
-        return False
-    try:
-        return read_json(path).get("config_hash") == cfg.hash()
-    except ValueError:
-        return False
-
-
-def _resumable(cfg: RunConfig, run_dir: Path) -> bool:
-    """The folder holds a started run of this very config (only the step count may differ)."""
-    try:
-        old = run_config_from_dict(read_json(run_dir / "config.json")["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return old.with_steps(1) == cfg.with_steps(1)
-
-
-def _probed(run_dir: Path) -> bool:
-    from interp.analyse import load_probe_result
-
-    try:
-        return load_probe_result(run_dir) is not None
-    except (OSError, ValueError):
-        return False
-
-
 def _run_state(run_dir: Path) -> list:
     """What later stages read of a run: its config, weights and probes."""
     from interp.cache import run_fingerprint
@@ -353,30 +330,6 @@ def _run_state(run_dir: Path) -> list:
 
 
 # ----------------------------------------------------------------------------- jobs (run in workers)
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _train_and_probe(cfg_dict: dict, run_dir: str, device: str) -> str:
-    from interp.analyse import probe_run
-    from interp.trainer import Trainer
-
-    cfg, run_dir = run_config_from_dict(cfg_dict), Path(run_dir)
-    done = []
-    if not _trained(cfg, run_dir):
-        exists = run_dir.exists() and any(run_dir.iterdir())
-        resume = exists and _resumable(cfg, run_dir)
-        result = Trainer(cfg, run_dir, device=device, resume=resume, force=exists and not resume).run()
-        done.append(f"{'resumed and ' if resume else ''}trained {result['steps']} steps "
-                    f"(relative loss {result['relative_loss']:.5f})")
-    if not _probed(run_dir):
-        out = probe_run(run_dir, device=device)
-        done.append(f"probed (R^2 {out['best_r2']:.4f} at {out['best_hook']})")
-    return ", ".join(done)
-
-
 def _construct_and_probe(process: dict, context: int, decay: str, run_dir: str, device: str) -> str:
     from interp.analyse import build_construction_run, probe_run
 
@@ -388,7 +341,7 @@ def _construct_and_probe(process: dict, context: int, decay: str, run_dir: str, 
         res = build_construction_run(process, context, run_dir, decay=decay)
         write_json(marker, {**read_json(marker), "pipeline_inputs": want})
         done.append(f"built (lambda {res['construction']['decay']:.4f}, relative loss {res['relative_loss']:.6f})")
-    if not _probed(run_dir):
+    if not probed(run_dir):
         out = probe_run(run_dir, device=device)
         done.append(f"probed (R^2 {out['best_r2']:.4f} at {out['best_hook']})")
     return ", ".join(done)
@@ -407,7 +360,7 @@ _SECONDS_PER_STEP = {"transformer": 0.025, "fixed_attention": 0.012, "ssm": 0.01
 def _estimated_seconds(job) -> float:
     """A rough single-thread cost, to start the longest stages first (so two workers finish together)."""
     stage, fn, args = job
-    if fn is _train_and_probe:
+    if fn is train_and_probe:
         cfg = args[0]
         return cfg["train"]["steps"] * _SECONDS_PER_STEP.get(cfg["model"]["family"], 0.02) + 20
     return 40 if fn is _recovery_seed else 20
@@ -450,12 +403,12 @@ class Pipeline:
         jobs = []
         for family, run in cfg.models.items():
             d = lay.model(family)
-            if not (_trained(run, d) and _probed(d)):
-                jobs.append((f"model {family}", _train_and_probe, (run.to_dict(), str(d), dev)))
+            if not (trained(run, d) and probed(d)):
+                jobs.append((f"model {family}", train_and_probe, (run.to_dict(), str(d), dev)))
         for label, run in cfg.geometry.items():
             d = lay.geometry(run)
-            if not (_trained(run, d) and _probed(d)):
-                jobs.append((f"geometry {run.name}", _train_and_probe, (run.to_dict(), str(d), dev)))
+            if not (trained(run, d) and probed(d)):
+                jobs.append((f"geometry {run.name}", train_and_probe, (run.to_dict(), str(d), dev)))
         proc = {"name": cfg.process.name, "params": dict(cfg.process.params)}
         want = {"process": proc, "context": cfg.context, "decay": cfg.construction_decay}
         marker = lay.construction / "result.json"
@@ -463,7 +416,7 @@ class Pipeline:
             built = marker.is_file() and read_json(marker).get("pipeline_inputs") == want
         except ValueError:
             built = False
-        if not (built and _probed(lay.construction)):
+        if not (built and probed(lay.construction)):
             jobs.append(("construction", _construct_and_probe,
                          (proc, cfg.context, cfg.construction_decay, str(lay.construction), dev)))
         if cfg.recovery is not None:
@@ -476,40 +429,10 @@ class Pipeline:
         return sorted(jobs, key=lambda job: -_estimated_seconds(job))
 
     def _run_jobs(self, jobs) -> None:
-        errors = []
-        if self.workers == 0 or len(jobs) <= 1:
-            for stage, fn, args in jobs:
-                t0 = time.perf_counter()
-                self._say(stage, "running")
-                try:
-                    self._say(stage, fn(*args), time.perf_counter() - t0)
-                except Exception as err:  # noqa: BLE001 - reported below, the other stages still run
-                    errors.append((stage, err))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            t0 = time.perf_counter()
-            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
-                futures = {pool.submit(fn, *args): stage for stage, fn, args in jobs}
-                self.log(f"[{'pool':<24}] {len(jobs)} stages on {min(self.workers, len(jobs))} worker processes: "
-                         + ", ".join(s for s, _, _ in jobs))
-                try:
-                    for fut in as_completed(futures):
-                        stage = futures[fut]
-                        try:
-                            self._say(stage, fut.result(), time.perf_counter() - t0)
-                        except Exception as err:  # noqa: BLE001
-                            errors.append((stage, err))
-                except BaseException:  # an interrupt stops the workers at once: checkpoints keep their work
-                    for proc in list(getattr(pool, "_processes", {}).values()):
-                        proc.terminate()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        if errors:
-            stage, err = errors[0]
-            more = f" (and {len(errors) - 1} more failed stages)" if len(errors) > 1 else ""
+        failures = run_jobs(jobs, workers=self.workers, log=self.log)
+        if failures:
+            stage, err = next(iter(failures.items()))
+            more = f" (and {len(failures) - 1} more failed stages)" if len(failures) > 1 else ""
             raise StageError(f"stage {stage!r} failed: {type(err).__name__}: {err}{more}") from err
 
     def _recovery(self) -> None:

@@ -2,6 +2,7 @@
 turns it into one ``interp: error:`` line, and every shipped config in runs/ loads."""
 
 import copy
+import itertools
 import json
 import math
 from pathlib import Path
@@ -16,9 +17,10 @@ from interp.trainer import lr_at
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 # runs/recovery_*.toml are recovery studies (interp recover), runs/pipeline_*.toml pipelines (interp run,
-# tested in test_pipeline.py); the rest are training runs
-SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith(("recovery_", "pipeline_")))
+# tested in test_pipeline.py), runs/sweep_*.toml sweeps (interp sweep); the rest are training runs
+SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith(("recovery_", "pipeline_", "sweep_")))
 SHIPPED_RECOVERY = sorted(RUNS.glob("recovery_*.toml"))
+SHIPPED_SWEEPS = sorted(RUNS.glob("sweep_*.toml"))
 
 VALID = {
     "seed": 1,
@@ -232,6 +234,15 @@ def test_shipped_recovery_config_loads(path):
     cfg = load_recovery_config(path)
     assert cfg.name == path.stem and len(cfg.seeds) >= 10
     assert recovery_config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=[p.stem for p in SHIPPED_SWEEPS])
+def test_shipped_sweep_config_loads(path):
+    from interp.sweep import load_sweep_config
+
+    cfg = load_sweep_config(path)
+    assert cfg.name == path.stem and len(cfg.points) == len(cfg.seeds) * len(list(itertools.product(*cfg.grid.values())))
+    assert all(run_config_from_dict(p.config.to_dict()) == p.config for p in cfg.points)
 
 
 # ----------------------------------------------------------- lr schedule
