@@ -133,6 +133,9 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     fingerprint = run_fingerprint(run_dir)
     model, cfg = load_model(run_dir, device=device)
     hmm = cfg.process.build()
+    if not isinstance(hmm, H.HMM):
+        raise ValueError(f"{run_dir}: caching and probing need the exact beliefs of a dense HMM; process "
+                         f"{cfg.process.name!r} is block-sparse (its filter is interp.hmm.blocked.BlockedHMM.filter)")
     data = evaluation_set(hmm, cfg.train.context, max_exhaustive=max_exhaustive, n_samples=n_samples,
                           seed=cfg.seeds()["eval"])
     beliefs = H.beliefs(hmm, data.tokens)

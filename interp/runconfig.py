@@ -136,9 +136,13 @@ def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunC
     if isinstance(data.get("seed", 0), bool) or not isinstance(data.get("seed", 0), int):
         raise ConfigError(f"seed must be an integer, got {data.get('seed')!r}")
     try:
-        process.build()
+        hmm = process.build()
     except ValueError as err:
         raise ConfigError(f"process.params: {err}") from err
+    from interp.hmm.blocked import BlockedHMM
+
+    if family == "blocked_belief_net" and not isinstance(hmm, BlockedHMM):
+        raise ConfigError(f"blocked_belief_net needs block-sparse data (process 'blocked'), not {process.name!r}")
     return RunConfig(name=data["name"], process=process, model=model_cfg, train=train, seed=data.get("seed", 0))
 
 

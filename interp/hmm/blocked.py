@@ -118,6 +118,30 @@ class BlockedHMM:
         return HMM.from_emission(self.mu.reshape(-1), self.transition_matrix(), self.emission_matrix(),
                                  name=self.name)
 
+    def step(self, p: torch.Tensor) -> torch.Tensor:
+        """One step of the state chain: (G, k) distribution -> (G, k), without the dense A."""
+        out = torch.zeros_like(p)
+        for e in range(self.succ.shape[1]):
+            moved = torch.einsum("gi,gij->gj", p, self.blocks[:, e]) * self.w[:, e, None]
+            out.index_add_(0, self.succ[:, e], moved)
+        return out
+
+    def stationary(self, *, tol: float = 1e-13, max_iter: int = 100_000) -> torch.Tensor:
+        """(G, k) stationary distribution by power iteration on the lazy chain (p + pA) / 2, which has the same
+        fixed point and converges for periodic chains too."""
+        p = torch.full_like(self.mu, 1.0 / self.n_states)
+        for _ in range(max_iter):
+            new = 0.5 * (p + self.step(p))
+            if float((new - p).abs().sum()) < tol:
+                return new / new.sum()
+            p = new
+        raise ValueError(f"the state chain did not reach stationarity within {max_iter} steps (tol {tol})")
+
+    def unigram_loss(self) -> float:
+        """Loss (nats) of the best context-free predictor at stationarity: entropy of the token marginal."""
+        tokens = torch.einsum("gi,gic->gc", self.stationary(), self.emit)
+        return float(torch.special.entr(tokens).sum())
+
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, length: int, *, seed: int | None = None, generator: torch.Generator | None = None,
                return_states: bool = False):
@@ -178,22 +202,24 @@ class BlockedHMM:
             return post
 
         alpha = condition(self.mu[group[:, 0]], 0)
+        G = self.n_groups
+        blocks, w = self.blocks.reshape(G * d, k, k), self.w.reshape(G * d)
         for t in range(1, L):
             g, h = group[:, t - 1], group[:, t]
             hit = self.succ[g] == h[:, None]  # (n, d): which successor move leads to the next token's group
-            e = hit.float().argmax(1)
-            possible = hit.any(1)
-            prior = torch.zeros_like(alpha)
-            pair = g * d + e
+            pair = g * d + hit.to(torch.uint8).argmax(1)
+            # sequences sorted by (group, move), so each move is one (rows, k) @ (k, k) product on a slice
             order = torch.argsort(pair)
-            bounds = torch.searchsorted(pair[order], torch.unique(pair), right=True).tolist()
+            counts = torch.bincount(pair, minlength=G * d)
+            moves = torch.nonzero(counts).squeeze(1)
+            src = alpha.index_select(0, order)
+            out = torch.empty_like(src)
             start = 0
-            for stop in bounds:  # sequences sorted by (group, move): one matmul per distinct move
-                rows = order[start:stop]
-                gg, ee = int(g[rows[0]]), int(e[rows[0]])
-                prior[rows] = (alpha[rows] @ self.blocks[gg, ee]) * self.w[gg, ee]
-                start = stop
-            prior[~possible] = 0.0
+            for p, c in zip(moves.tolist(), counts[moves].tolist()):
+                torch.matmul(src[start:start + c], blocks[p], out=out[start:start + c])
+                start += c
+            out *= (w[pair] * hit.any(1)).index_select(0, order)[:, None]
+            prior = torch.empty_like(out).index_copy_(0, order, out)
             alpha = condition(prior, t)
         return BlockedFilterResult(group, beliefs, log_z)
 

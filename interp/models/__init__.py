@@ -9,9 +9,11 @@ import torch
 
 from interp.hmm import HMM
 from interp.models.belief_net import BeliefNet
+from interp.models.blocked_belief_net import BlockedBeliefNet
 from interp.models.configs import (
     FAMILIES,
     BeliefNetConfig,
+    BlockedBeliefNetConfig,
     FixedAttentionConfig,
     ModelConfig,
     SSMConfig,
@@ -33,6 +35,8 @@ def build_model(cfg: ModelConfig, n_tokens: int, n_ctx: int, *, seed: int = 0, h
         model = LinearSSM(cfg, n_tokens, n_ctx, seed=seed)
     elif isinstance(cfg, BeliefNetConfig):
         model = BeliefNet(cfg, n_tokens, n_ctx, seed=seed, hmm=hmm)
+    elif isinstance(cfg, BlockedBeliefNetConfig):
+        model = BlockedBeliefNet(cfg, n_tokens, n_ctx, seed=seed, hmm=hmm)
     else:
         raise TypeError(f"not a model config: {cfg!r}")
     return model.to(device=device, dtype=dtype)
@@ -49,6 +53,6 @@ def next_token_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Ten
 
 
 __all__ = [
-    "FAMILIES", "BeliefNetConfig", "FixedAttentionConfig", "ModelConfig", "SSMConfig", "TransformerConfig",
-    "BeliefNet", "FixedAttentionModel", "LinearSSM", "build_model", "build_transformer", "next_token_logits",
+    "FAMILIES", "BeliefNetConfig", "BlockedBeliefNetConfig", "FixedAttentionConfig", "ModelConfig", "SSMConfig", "TransformerConfig",
+    "BeliefNet", "BlockedBeliefNet", "FixedAttentionModel", "LinearSSM", "build_model", "build_transformer", "next_token_logits",
 ]

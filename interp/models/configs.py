@@ -87,10 +87,26 @@ class BeliefNetConfig:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 
 
-ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig]
+@dataclass(frozen=True)
+class BlockedBeliefNetConfig:
+    """Belief Net for block-sparse data (process ``blocked``): the structure (groups, their tokens and successor
+    groups) is the data's; the weights are the logits of mu, the group moves, the k x k blocks and the
+    emissions. ``init``: "random" (logits ~ N(0, init_scale^2)) or "true" (the data's own HMM)."""
+
+    family: Literal["blocked_belief_net"] = "blocked_belief_net"
+    init: Literal["random", "true"] = "random"
+    init_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.init_scale < 0:
+            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+
+
+ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig, BlockedBeliefNetConfig]
 FAMILIES: dict[str, type] = {
     "transformer": TransformerConfig,
     "fixed_attention": FixedAttentionConfig,
     "ssm": SSMConfig,
     "belief_net": BeliefNetConfig,
+    "blocked_belief_net": BlockedBeliefNetConfig,
 }
