@@ -136,3 +136,80 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"| {r['name']} | {r['ours']} | {r['peer']} | {r['ratio']} | {r['target']} | {mark[r['ok']]} |"
              for r in rows]
     return "\n".join([head, *lines])
+
+
+# ----------------------------------------------------------------------------- scan against sequential
+def run_filter_method_bench(quick: bool = False, device: str = "cpu",
+                            progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Both filters over a grid of (states, sequences, length): which is faster, and whether ``method="auto"``
+    (:func:`interp.hmm.filtering.choose_method`) picks it. A pick within 10% of the faster counts as right."""
+    from interp.hmm.filtering import _SCAN_MAX_BYTES, choose_method, filter_scan
+
+    say = progress or (lambda msg: None)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    grid_s, grid_n, grid_l = ((3, 16), (1, 64), (64, 1024)) if quick else ((3, 16, 64), (1, 16, 256),
+                                                                            (64, 1024, 16384))
+    rows, right, cells = [], 0, 0
+    for S in grid_s:
+        hmm = get_process("mess3", x=0.15, a=0.6) if S == 3 else get_process("random", n_states=S, n_tokens=8,
+                                                                               seed=0)
+        on_dev = hmm.to(dev)
+        for n in grid_n:
+            for L in grid_l:
+                say(f"filter methods S={S} n={n} L={L}")
+                tokens = hmm.sample(n, L, seed=0).to(dev)
+                reps = 3 if n * L * S * S < 10**8 else 1
+                seq = _best(lambda: filter_sequential(on_dev, tokens, return_beliefs=False), reps, sync)
+                pick = choose_method(n, L, S)
+                name = f"filter S={S}, {n} x {L}: sequential vs scan"
+                if 4 * 8 * n * L * S * S > _SCAN_MAX_BYTES:
+                    rows.append(_row(name, f"sequential {seq * 1e3:.3g} ms", "scan not run (> 1 GiB)", None,
+                                     f"auto: {pick}", pick == "sequential"))
+                    right, cells = right + (pick == "sequential"), cells + 1
+                    continue
+                scan = _best(lambda: filter_scan(on_dev, tokens, return_beliefs=False), reps, sync)
+                ok = {"sequential": seq, "scan": scan}[pick] <= 1.1 * min(seq, scan)
+                right, cells = right + ok, cells + 1
+                rows.append(_row(name, f"sequential {seq * 1e3:.3g} ms", f"scan {scan * 1e3:.3g} ms", seq / scan,
+                                 f"auto: {pick}", ok))
+    rows.append(_row("filter method='auto' picks the faster (within 10%)", f"{right} of {cells} cells", "",
+                     None, "all", right == cells))
+    return rows
+
+
+# ----------------------------------------------------------------------------- block-sparse HMMs
+def run_blocked_bench(quick: bool = False, device: str = "cpu", peak64: float | None = None,
+                      progress: Callable[[str], None] | None = None) -> list[dict]:
+    """The blocked filter at S = 2^14 (64 groups of k = 256, 4 successors; 4096 x 256 tokens): throughput as
+    GFLOP/s of the k x k products it needs, against the float64 matmul peak and against the same products
+    timed alone (equal-sized slices: the bound for this shape)."""
+    say = progress or (lambda msg: None)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    G, k, m, d, n, L = (16, 128, 4, 4, 512, 64) if quick else (64, 256, 4, 4, 4096, 256)
+    if peak64 is None:
+        say("matmul peak")
+        peak64 = matmul_peak(torch.float64, dev, (512,) if quick else (2048, 3072, 4096))
+    say(f"blocked filter S={G * k}")
+    hmm = get_process("blocked", n_groups=G, group_size=k, tokens_per_group=m, successors=d, seed=0).to(dev)
+    tokens = hmm.sample(n, L, seed=1)
+    seconds = _best(lambda: hmm.filter(tokens, return_beliefs=False), 1 if not quick else 2, sync)
+    flops = n * (L - 1) * 2 * k * k
+    rate = flops / seconds / 1e9
+    rows_per = max(1, n // (G * d))  # sequences per (group, move): the rows of each product
+    a = torch.rand(rows_per * G * d, k, dtype=torch.float64, device=dev)
+    out = torch.empty_like(a)
+    blocks = hmm.blocks.reshape(G * d, k, k)
+
+    def products():
+        for p in range(G * d):
+            torch.matmul(a[p * rows_per:(p + 1) * rows_per], blocks[p], out=out[p * rows_per:(p + 1) * rows_per])
+
+    alone = rows_per * G * d * 2 * k * k / _best(products, 3, sync) / 1e9
+    name = f"blocked filter S={G * k} ({G} groups x k={k}, d={d}), {n} x {L}"
+    return [_row(name, f"{n * L / seconds / 1e6:.3g} M tokens/s, {rate:.1f} GFLOP/s",
+                 f"({rows_per}, {k}) @ ({k}, {k}) products alone {alone:.1f} GFLOP/s", None, "", None),
+            _row(f"blocked filter S={G * k}: share of float64 matmul peak", f"{rate / peak64:.0%}",
+                 f"peak {peak64:.1f} GFLOP/s; the products alone reach {alone / peak64:.0%}", None,
+                 f">= {TARGETS['peak_fraction']:.0%}", rate / peak64 >= TARGETS["peak_fraction"])]

@@ -247,7 +247,7 @@ def cmd_recover(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from interp.bench_hmm import format_table, run_hmm_bench
+    from interp.bench_hmm import format_table, run_blocked_bench, run_filter_method_bench, run_hmm_bench
     from interp.bench_train import run_train_bench
 
     dev = str(_device(args.device))
@@ -255,6 +255,10 @@ def cmd_bench(args) -> None:
     rows = []
     if args.suite in ("hmm", "all"):
         rows += run_hmm_bench(quick=args.quick, device=dev, progress=say)
+    if args.suite in ("filter", "all"):
+        rows += run_filter_method_bench(quick=args.quick, device=dev, progress=say)
+    if args.suite in ("blocked", "all"):
+        rows += run_blocked_bench(quick=args.quick, device=dev, progress=say)
     if args.suite in ("train", "all"):
         rows += run_train_bench(quick=args.quick, device=dev, progress=say)
     print(f"device: {dev} ({torch.get_num_threads()} threads)"
@@ -373,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("bench", help="sampler and filter against hmmlearn, training step times, matmul peak")
-    p.add_argument("--suite", choices=("hmm", "train", "all"), default="all")
+    p.add_argument("--suite", choices=("hmm", "filter", "blocked", "train", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_bench)

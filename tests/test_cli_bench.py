@@ -41,3 +41,12 @@ def test_run_rejects_bad_process_parameter(capsys):
     assert main(["describe", "--param", "x=0.7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("interp: error:") and "x must" in err[0]
+
+
+def test_filter_method_and_blocked_benchmarks_report_every_cell(capsys):
+    assert main(["bench", "--suite", "filter", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sequential vs scan") == 8 and "picks the faster (within 10%) | " in out
+    assert main(["bench", "--suite", "blocked", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "blocked filter S=2048" in out and "share of float64 matmul peak" in out

@@ -219,6 +219,20 @@ def test_forward_filter_dispatch_and_return_beliefs_false():
     assert_close(log_likelihood(h, x, method="scan"), log_likelihood(h, x), rtol=1e-12, atol=0)
 
 
+def test_auto_takes_the_scan_only_for_a_few_long_sequences_of_a_small_hmm():
+    from interp.hmm.filtering import choose_method
+
+    assert choose_method(1, 4096, 3) == choose_method(1, 1024, 16) == choose_method(16, 1024, 3) == "scan"
+    assert choose_method(256, 1024, 3) == choose_method(1, 1024, 64) == choose_method(16, 64, 16) == "sequential"
+    assert choose_method(1, 10**7, 3) == "sequential"  # the scan's (n, L, S, S) working set would pass 1 GiB
+    h = get_process("z1r")
+    x = h.sample(2, 3000, seed=0)
+    auto, scan, seq = forward_filter(h, x), filter_scan(h, x), filter_sequential(h, x)
+    assert torch.equal(auto.log_normalizers, scan.log_normalizers)  # it took the scan ...
+    assert_close(auto.beliefs, seq.beliefs, rtol=0, atol=1e-10)  # ... which agrees with the sequential filter
+    assert_close(auto.log_likelihood, seq.log_likelihood, rtol=1e-10, atol=0)
+
+
 def _check_simplex(b: torch.Tensor):
     assert bool(torch.isfinite(b).all())
     assert bool((b >= 0).all())

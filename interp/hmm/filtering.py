@@ -320,10 +320,33 @@ def filter_scan(hmm: HMM, tokens, *, return_beliefs: bool = True) -> FilterResul
 
 
 # ------------------------------------------------------------------- front door
+# Cost model of the two filters, measured on 2 CPU cores (`interp bench --suite filter` prints the grid): the
+# sequential filter pays a fixed ~10 us of torch calls per step plus its (n, S) @ (S, S) product; the scan does
+# about n L S^2 x 35 ns of small batched products in 2 log2(L) rounds, so it wins only where n S^2 is small
+# (a few long sequences of a small HMM), and it holds O(n L S^2) memory.
+_SEQ_STEP_S, _SEQ_PER_ENTRY_S = 15e-6, 0.06e-9
+_SCAN_FIXED_S, _SCAN_PER_ENTRY_S = 3e-4, 35e-9
+_SCAN_MAX_BYTES = 2**30
+
+
+def choose_method(n: int, length: int, n_states: int) -> str:
+    """The faster filter for ``n`` sequences of ``length`` tokens over ``n_states`` states (by the cost model
+    above); the scan only where its (n, L, S, S) working set stays under 1 GiB."""
+    entries = n * length * n_states**2
+    if 4 * 8 * entries > _SCAN_MAX_BYTES:
+        return "sequential"
+    sequential = length * (_SEQ_STEP_S + _SEQ_PER_ENTRY_S * n * n_states**2)
+    scan = _SCAN_FIXED_S + _SCAN_PER_ENTRY_S * entries
+    return "scan" if scan < sequential else "sequential"
+
+
 def forward_filter(hmm: HMM, tokens, *, method: Method = "auto", return_beliefs: bool = True) -> FilterResult:
-    """Filter ``tokens`` (n, L) under ``hmm``. ``method="auto"`` uses the sequential filter,
-    the faster one on CPU."""
-    if method in ("auto", "sequential"):
+    """Filter ``tokens`` (n, L) under ``hmm``. ``method="auto"`` picks the faster of the two
+    (:func:`choose_method`): the sequential filter except for a few long sequences of a small HMM."""
+    if method == "auto":
+        shape = tokens.shape if torch.is_tensor(tokens) and tokens.ndim == 2 else None
+        method = "sequential" if shape is None else choose_method(shape[0], shape[1], hmm.n_states)
+    if method == "sequential":
         return filter_sequential(hmm, tokens, return_beliefs=return_beliefs)
     if method == "scan":
         return filter_scan(hmm, tokens, return_beliefs=return_beliefs)
