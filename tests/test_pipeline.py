@@ -96,6 +96,12 @@ def flat(d, prefix=""):
     return {prefix: d}
 
 
+def both_rounding_noise(x, y) -> bool:
+    """Quantities that are exactly zero in exact arithmetic (the fixed-attention model's fixedness) come out at
+    1e-16 with a last bit that depends on the reduction order; they compare as zero."""
+    return isinstance(x, float) and isinstance(y, float) and abs(x) < 1e-12 and abs(y) < 1e-12
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
@@ -195,7 +201,9 @@ def test_a_crashed_pipeline_resumes_to_the_same_results(finished, tmp_path, monk
     resumed, lines = run(tiny_config(), tmp_path)
     assert sum("reused" in l for l in lines if l.startswith("[model")) == 2
     a, b = flat(results_only(resumed)), flat(results_only(summary))
-    assert a == b, {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert a.keys() == b.keys()
+    differ = {k: (a[k], b[k]) for k in a if a[k] != b[k] and not both_rounding_noise(a[k], b[k])}
+    assert not differ, differ
     assert digests(tmp_path / "figs").keys() == digests(finished[0] / "figs").keys()
 
 
