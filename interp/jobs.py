@@ -90,10 +90,55 @@ def _say(log, label: str, what: str, seconds: float | None = None) -> None:
     log(f"[{label:<24}] {what}{took}")
 
 
+def _tracked(marker: str, fn: Callable, args: tuple) -> str:
+    """Run in a worker: leave a marker that the job started, so a pool that breaks can tell the jobs it was
+    running from the ones still queued."""
+    Path(marker).touch()
+    return fn(*args)
+
+
+def _pool(jobs: list[Job], workers: int, markers: Path, log, t0: float,
+          failures: dict[str, BaseException]) -> tuple[list[Job], list[Job]]:
+    """One pool over ``jobs``; returns the jobs lost to a broken pool: (those that had started, the rest)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n = min(workers, len(jobs))
+    lost: list[Job] = []
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=init_worker) as pool:
+        futures = {pool.submit(_tracked, str(markers / str(i)), fn, args): (label, fn, args)
+                   for i, (label, fn, args) in enumerate(jobs)}
+        _say(log, "pool", f"{len(jobs)} jobs on {n} worker processes")
+        try:
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    _say(log, job[0], fut.result(), time.perf_counter() - t0)
+                except BrokenProcessPool:
+                    lost.append(job)
+                except Exception as err:  # noqa: BLE001 - reported to the caller; the other jobs still run
+                    failures[job[0]] = err
+        except BaseException:  # an interrupt: stop the workers now rather than after their jobs
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    index = {job[0]: i for i, job in enumerate(jobs)}
+    started = [job for job in lost if (markers / str(index[job[0]])).exists()]
+    for path in markers.iterdir():
+        path.unlink()
+    return started, [job for job in lost if job not in started]
+
+
 def run_jobs(jobs: list[Job], *, workers: int, log: Callable[[str], None] = print,
-             max_attempts: int = 3) -> dict[str, BaseException]:
+             max_attempts: int = 2) -> dict[str, BaseException]:
     """Run every job; the failures by label (empty when all succeeded). An interrupt stops the workers at once
-    (their runs keep their checkpoints) and propagates."""
+    (their runs keep their checkpoints) and propagates.
+
+    A worker that dies breaks its pool: the jobs still queued go to a fresh pool as they are; of those that were
+    running, a lone one is blamed (an attempt), several are rerun one at a time, where a death is unambiguous. A
+    job that takes down its worker ``max_attempts`` times fails with :class:`WorkerDied`."""
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     failures: dict[str, BaseException] = {}
@@ -107,39 +152,34 @@ def run_jobs(jobs: list[Job], *, workers: int, log: Callable[[str], None] = prin
                 failures[label] = err
         return failures
 
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    import tempfile
 
     attempts = {label: 0 for label, _, _ in jobs}
-    pending, t0 = list(jobs), time.perf_counter()
-    while pending:
-        n = min(workers, len(pending))
-        lost: list[Job] = []
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=init_worker) as pool:
-            futures = {pool.submit(fn, *args): (label, fn, args) for label, fn, args in pending}
-            _say(log, "pool", f"{len(pending)} jobs on {n} worker processes")
-            try:
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    try:
-                        _say(log, job[0], fut.result(), time.perf_counter() - t0)
-                    except BrokenProcessPool:
-                        lost.append(job)
-                    except Exception as err:  # noqa: BLE001
-                        failures[job[0]] = err
-            except BaseException:  # an interrupt: stop the workers now rather than after their jobs
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                    proc.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        pending = []
-        for job in lost:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="interp-jobs-") as tmp:
+        markers = Path(tmp)
+
+        def blame(job: Job) -> bool:
+            """Count a death against ``job``; True while it may be tried again."""
             attempts[job[0]] += 1
             if attempts[job[0]] >= max_attempts:
                 failures[job[0]] = WorkerDied(f"its worker process died {attempts[job[0]]} times")
-            else:
-                pending.append(job)
-        if pending:
-            _say(log, "pool", f"a worker process died; {len(pending)} unfinished jobs go to a fresh pool")
+                return False
+            return True
+
+        pending = list(jobs)
+        while pending:
+            started, queued = _pool(pending, workers, markers, log, t0, failures)
+            if not started and not queued:
+                break
+            _say(log, "pool", f"a worker process died; {len(started)} running and {len(queued)} queued jobs "
+                              f"are tried again")
+            pending = list(queued)
+            if len(started) == 1:
+                pending += [job for job in started if blame(job)]
+            for job in started if len(started) > 1 else []:  # alone, a death names its job
+                while True:
+                    lost, _ = _pool([job], 1, markers, log, t0, failures)
+                    if not lost or not blame(job):
+                        break
     return failures
