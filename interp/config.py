@@ -125,3 +125,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not a text file: {err}") from err
+
+
+def load_named_config(path, parse):
+    """``parse(data)`` of the TOML at ``path``, its ``name`` defaulting to the file's stem; errors name the file."""
+    from pathlib import Path
+
+    path = Path(path)
+    data = read_toml(path)
+    data.setdefault("name", path.stem)
+    try:
+        return parse(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

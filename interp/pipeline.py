@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from interp.config import ConfigError, read_toml
+from interp.config import ConfigError, load_named_config
 from interp.io import read_json, write_json
 from interp.jobs import probed, run_jobs, train_and_probe, trained
 from interp.runconfig import ProcessConfig, RunConfig, run_config_from_dict
@@ -225,13 +225,7 @@ def default_pipeline_config() -> PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    path = Path(path)
-    data = read_toml(path)
-    data.setdefault("name", path.stem)
-    try:
-        return pipeline_config_from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+    return load_named_config(path, pipeline_config_from_dict)
 
 
 # ----------------------------------------------------------------------------- layout

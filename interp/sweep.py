@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from interp.config import ConfigError, read_toml
+from interp.config import ConfigError, load_named_config
 from interp.io import read_json, write_json
 from interp.jobs import done, init_worker, run_jobs, train_and_probe
 from interp.runconfig import RunConfig, run_config_from_dict
@@ -153,13 +153,7 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    path = Path(path)
-    data = read_toml(path)
-    data.setdefault("name", path.stem)
-    try:
-        return sweep_config_from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    return load_named_config(path, sweep_config_from_dict)
 
 
 # ----------------------------------------------------------------------------- results
