@@ -138,3 +138,18 @@ def load_named_config(path, parse):
         return parse(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def reject_unknown_keys(data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+
+
+def check_folder_name(name) -> str:
+    """A config's ``name``, which names its output folder."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"name must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+    return name

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from interp.config import ConfigError, load_named_config
+from interp.config import ConfigError, check_folder_name, load_named_config, reject_unknown_keys
 from interp.io import read_json, write_json
 from interp.jobs import probed, run_jobs, train_and_probe, trained
 from interp.runconfig import ProcessConfig, RunConfig, run_config_from_dict
@@ -133,12 +133,8 @@ def pipeline_config_from_dict(data: dict) -> PipelineConfig:
     from interp.recovery import recovery_config_from_dict
 
     allowed = {"name", "seed", "process", "train", "models", "construction", "geometry", "recovery", "figures"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"name must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+    reject_unknown_keys(data, allowed)
+    name = check_folder_name(data.get("name"))
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")

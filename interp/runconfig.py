@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from interp.config import ConfigError, from_dict, read_toml, to_dict
+from interp.config import ConfigError, from_dict, read_toml, reject_unknown_keys, to_dict
 from interp.hmm import HMM, get_process
 from interp.models.configs import FAMILIES, ModelConfig
 
@@ -110,9 +110,7 @@ def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunC
     """Validate a plain dict (parsed TOML or a saved config.json) into a RunConfig."""
     data = dict(data)
     allowed = {"name", "seed", "process", "model", "train"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+    reject_unknown_keys(data, allowed)
     if "name" not in data:
         if default_name is None:
             raise ConfigError("missing required key name")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from interp.config import ConfigError, load_named_config
+from interp.config import ConfigError, check_folder_name, load_named_config, reject_unknown_keys
 from interp.io import read_json, write_json
 from interp.jobs import done, init_worker, run_jobs, train_and_probe
 from interp.runconfig import RunConfig, run_config_from_dict
@@ -103,12 +103,8 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
     import copy
 
     allowed = {"name", "seeds", "grid", "process", "model", "train", "slurm"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"name must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+    reject_unknown_keys(data, allowed)
+    name = check_folder_name(data.get("name"))
     seeds = data.get("seeds", [0])
     if (not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
             or len(set(seeds)) != len(seeds)):
