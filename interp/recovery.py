@@ -190,37 +190,48 @@ def belief_net_gradient(mu_logits: torch.Tensor, A_logits: torch.Tensor, C_logit
     forward-backward pass: for a row-softmax parameter, ``d LL / d logits[i, j] = N[i, j] - P[i, j] N[i, :].sum()``
     with N the expected counts (initial states, transitions, emissions). Autograd through 256 sequential
     steps of a 4000 x 64 batch is dominated by allocating and saving every intermediate; this pass keeps
-    two [n, L, S] arrays and is two orders of magnitude faster on CPU."""
+    one time-major [L, n, S] array of forward beliefs (each step reads and writes contiguous rows), gathers
+    each step's emission rows from the small [V, S] table, gets the normaliser as an extra column of the
+    product, and accumulates the expected counts while it goes back (2.3x faster than a batch-major pass
+    at the paper's size, and two orders of magnitude faster than autograd)."""
     mu, A, C = torch.softmax(mu_logits, -1), torch.softmax(A_logits, -1), torch.softmax(C_logits, -1)
     n, L = tokens.shape
-    S = A.shape[0]
-    emit = C.T[tokens]  # [n, L, S]
-    alpha = torch.empty(n, L, S, dtype=A.dtype, device=A.device)
-    log_c = torch.empty(n, L, dtype=A.dtype, device=A.device)
-    prior = mu.expand(n, -1)
+    S, V = C.shape
+    dt, dev = A.dtype, A.device
+    tok = tokens.T.contiguous()  # [L, n]: each step reads contiguous rows
+    CT = C.T.contiguous()  # [V, S]
+    a_ext = torch.cat([A, torch.ones(S, 1, dtype=dt, device=dev)], 1)  # last column: row sums
+    alpha = torch.empty(L, n, S, dtype=dt, device=dev)  # normalised forward beliefs, time-major
+    r = torch.empty(L, n, dtype=dt, device=dev)  # 1 / c_t
+    u = torch.empty(n, S + 1, dtype=dt, device=dev)
+    e = torch.empty(n, S, dtype=dt, device=dev)
+    prior = mu.expand(n, S)
     for t in range(L):
-        w = prior * emit[:, t]
-        c = w.sum(-1, keepdim=True)
-        alpha[:, t] = w / c
-        log_c[:, t] = torch.log(c[:, 0])
-        prior = alpha[:, t] @ A
-    scale = torch.exp(-log_c)  # 1 / c_t
-    n_A = torch.zeros(S, S, dtype=A.dtype, device=A.device)
-    gamma = torch.empty_like(alpha)
-    beta = torch.ones(n, S, dtype=A.dtype, device=A.device)
-    gamma[:, L - 1] = alpha[:, L - 1]
+        torch.index_select(CT, 0, tok[t], out=e)
+        w = torch.mul(prior, e, out=alpha[t])
+        torch.mm(w, a_ext, out=u)
+        torch.reciprocal(u[:, S], out=r[t])
+        w.mul_(r[t, :, None])
+        prior = u[:, :S].mul_(r[t, :, None])
+    n_A = torch.zeros(S, S, dtype=dt, device=dev)
+    n_C = torch.zeros(V, S, dtype=dt, device=dev)
+    beta = torch.ones(n, S, dtype=dt, device=dev)
+    nxt = torch.empty(n, S, dtype=dt, device=dev)
+    AT = A.T.contiguous()
+    n_C.index_add_(0, tok[L - 1], alpha[L - 1])
     for t in range(L - 2, -1, -1):
-        nxt = emit[:, t + 1] * beta * scale[:, t + 1, None]  # [n, S]: C(j, x_{t+1}) beta_{t+1}(j) / c_{t+1}
-        n_A += alpha[:, t].T @ nxt
-        beta = nxt @ A.T
-        gamma[:, t] = alpha[:, t] * beta
+        torch.index_select(CT, 0, tok[t + 1], out=e)
+        torch.mul(e, beta, out=nxt).mul_(r[t + 1, :, None])
+        n_A.addmm_(alpha[t].T, nxt)
+        torch.mm(nxt, AT, out=beta)
+        g = e  # reuse: gamma_t
+        torch.mul(alpha[t], beta, out=g)
+        n_C.index_add_(0, tok[t], g)
     n_A = n_A * A
-    n_mu = gamma[:, 0].sum(0)
-    n_C = torch.zeros(C.shape[1], S, dtype=A.dtype, device=A.device)
-    n_C.index_add_(0, tokens.reshape(-1), gamma.reshape(-1, S))
+    n_mu = g.sum(0) if L > 1 else alpha[0].sum(0)
     n_C = n_C.T
     grads = tuple(N - P * N.sum(-1, keepdim=True) for N, P in ((n_mu, mu), (n_A, A), (n_C, C)))
-    return log_c.sum(1), grads
+    return -torch.log(r).sum(0), grads
 
 
 def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: BeliefNetFit, *, seed: int,
@@ -434,7 +445,10 @@ def seed_path(out_dir: str | Path, seed: int) -> Path:
 
 
 def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = False) -> Path:
-    """Create ``out_dir`` for ``cfg`` (emptied first with ``force``); refuse a folder holding another study."""
+    """Create ``out_dir`` for ``cfg`` (emptied first with ``force``); refuse a folder holding another study.
+
+    The seed list is not part of a study's identity: every seed's result depends only on the rest of the
+    config, so a study run on ``--seeds 2`` grows to ten seeds later without redoing the first two."""
     import shutil
 
     from interp.io import read_json, write_json
@@ -443,8 +457,10 @@ def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fal
     if out_dir.exists() and force:
         shutil.rmtree(out_dir)
     cfg_path = out_dir / "config.json"
-    if cfg_path.exists() and read_json(cfg_path) != cfg.to_dict():
-        raise FileExistsError(f"{out_dir} holds a study with another config; use --force to start again")
+    if cfg_path.exists():
+        old = {k: v for k, v in read_json(cfg_path).items() if k != "seeds"}
+        if old != {k: v for k, v in cfg.to_dict().items() if k != "seeds"}:
+            raise FileExistsError(f"{out_dir} holds a study with another config; use --force to start again")
     write_json(cfg_path, cfg.to_dict())
     return out_dir
 
