@@ -140,6 +140,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     before = (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes()
     run_recovery(cfg, tmp_path / "tiny")
     assert (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes() == before
+    # more seeds extend the study: the finished ones are reused, only the new one runs
+    grown = run_recovery(recovery_config_from_dict({**TINY, "seeds": [0, 1, 2]}), tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes() == before
+    assert [s["seed"] for s in grown["seeds"]] == [0, 1, 2]
+    assert grown["seeds"][:2] == out["seeds"]
     # another config in the same folder is refused without --force
     other = recovery_config_from_dict({**TINY, "epsilon": 0.01})
     with pytest.raises(FileExistsError, match="another config"):
