@@ -72,6 +72,9 @@ class AblationConfig:
     uniform: bool = False
     spectral: bool = False
     restarts: int = 0  # > 1: a run keeping the best of this many random inits
+    # a control, not a method: started at the true parameters, where the fit ends is the floor that estimation
+    # error from the finite training set puts under every learner's held-out NLL
+    from_truth: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,10 @@ def _seed_stream(seed: int, label: str) -> int:
 
 
 def initial_logits(S: int, V: int, init: str, scale: float, generator: torch.Generator,
-                   spectral: H.EmissionForm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   spectral: H.EmissionForm | None = None,
+                   truth: H.EmissionForm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits of (mu, A, C) for an initialisation: random N(0, scale^2), near-uniform (0 plus scale * 0.01
-    noise), or the log of a spectral estimate."""
+    noise), the log of a spectral estimate, or the log of the true parameters (a control)."""
     shapes = ((S,), (S, S), (S, V))
     if init == "random":
         return tuple(scale * torch.randn(*s, generator=generator, dtype=torch.float64) for s in shapes)
@@ -163,6 +167,11 @@ def initial_logits(S: int, V: int, init: str, scale: float, generator: torch.Gen
         if spectral is None:
             raise ValueError("init='spectral' needs a spectral estimate")
         return tuple(torch.log(p.double().clamp_min(1e-6)) for p in (spectral.mu, spectral.A, spectral.C))
+    if init == "truth":
+        if truth is None:
+            raise ValueError("init='truth' needs the true parameters")
+        # zeros of the sparse truth become logits of -30: exact to 1e-13, and still finite for Adam
+        return tuple(torch.log(p.double().clamp_min(1e-13)) for p in (truth.mu, truth.A, truth.C))
     raise ValueError(f"unknown init {init!r}")
 
 
@@ -374,7 +383,7 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
         runs = []
         for r in range(restarts):
             g = torch.Generator().manual_seed(_seed_stream(seed, f"{label}/{r}"))
-            logits = initial_logits(S, V, init, scale, g, spectral_params)
+            logits = initial_logits(S, V, init, scale, g, spectral_params, true)
             runs.append(fit_belief_net(train.to(device), heldout.to(device), logits, cfg.belief_net, seed=seed))
         best = min(runs, key=lambda r: r["train_nll"])
         # the other restarts cost their time too: count it as spent before the kept one
@@ -397,6 +406,8 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
         bn("belief_net/spectral", "spectral", 0.0, 1)
     if ab.restarts > 1:
         bn(f"belief_net/best_of_{ab.restarts}", "random", fit.init_scale, ab.restarts)
+    if ab.from_truth:
+        bn("belief_net/from_truth", "truth", 0.0, 1)
 
     # Baum-Welch starts where the main Belief Net started
     g = torch.Generator().manual_seed(_seed_stream(seed, "belief_net/0"))  # the same draw as bn()'s first
@@ -458,7 +469,8 @@ def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fal
         shutil.rmtree(out_dir)
     cfg_path = out_dir / "config.json"
     if cfg_path.exists():
-        old = {k: v for k, v in read_json(cfg_path).items() if k != "seeds"}
+        # read back through the config class, so that a field added since (at its default) is no change
+        old = {k: v for k, v in recovery_config_from_dict(read_json(cfg_path)).to_dict().items() if k != "seeds"}
         if old != {k: v for k, v in cfg.to_dict().items() if k != "seeds"}:
             raise FileExistsError(f"{out_dir} holds a study with another config; use --force to start again")
     write_json(cfg_path, cfg.to_dict())

@@ -120,20 +120,25 @@ TINY = {"name": "tiny", "seeds": [0, 1], "epsilon": 0.05,
         "data": {"n_train": 60, "n_heldout": 30, "length": 12},
         "belief_net": {"max_steps": 15, "eval_every": 5},
         "baum_welch": {"implementations": ["scaling", "log"], "max_iter": 5},
-        "ablation": {"random_scales": [0.3], "uniform": True, "spectral": True, "restarts": 2}}
+        "ablation": {"random_scales": [0.3], "uniform": True, "spectral": True, "restarts": 2,
+                     "from_truth": True}}
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     cfg = recovery_config_from_dict(TINY)
     out = run_recovery(cfg, tmp_path / "tiny")
     methods = {"spectral", "belief_net", "belief_net/random_0.3", "belief_net/uniform", "belief_net/spectral",
-               "belief_net/best_of_2", "baum_welch_scaling", "baum_welch_log"}
+               "belief_net/best_of_2", "belief_net/from_truth", "baum_welch_scaling", "baum_welch_log"}
     assert set(out["summary"]) == methods | {"speedup"}
     for seed in out["seeds"]:
         assert set(seed["methods"]) == methods
         bn = seed["methods"]["belief_net"]
         assert bn["excess_nll"] == pytest.approx(bn["heldout_nll"] - seed["true_heldout_nll"])
         assert {"A_frobenius", "C_frobenius", "curve", "time_to_epsilon"} <= set(bn)
+        # the control starts at the truth: its first held-out evaluation is the true NLL (the fit runs in float32)
+        ctrl = seed["methods"]["belief_net/from_truth"]
+        assert ctrl["curve"][0][2] == pytest.approx(seed["true_heldout_nll"], abs=1e-6)
+        assert ctrl["curve"][0][0] == 0.0 and ctrl["time_to_epsilon"] == 0.0
     saved = json.loads((tmp_path / "tiny" / "recovery.json").read_text())
     assert saved["summary"]["belief_net"]["n_seeds"] == 2
     # a second call reuses the finished seeds
@@ -145,6 +150,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes() == before
     assert [s["seed"] for s in grown["seeds"]] == [0, 1, 2]
     assert grown["seeds"][:2] == out["seeds"]
+    # a study saved before a config field existed is the same study: the field's default fills it in
+    saved_cfg = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    del saved_cfg["ablation"]["from_truth"]
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(saved_cfg))
+    run_recovery(recovery_config_from_dict({**TINY, "ablation": {**TINY["ablation"], "from_truth": False}}),
+                 tmp_path / "tiny", log=print)
     # another config in the same folder is refused without --force
     other = recovery_config_from_dict({**TINY, "epsilon": 0.01})
     with pytest.raises(FileExistsError, match="another config"):
