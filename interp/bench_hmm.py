@@ -64,6 +64,8 @@ def _filter_rows(label: str, hmm: HMM, n: int, n_peer: int, length: int, dev: to
     tokens = hmm.sample(n, length, seed=1)
     on_dev, tokens_dev = hmm.to(dev), tokens.to(dev)
     ours = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev), reps, sync)
+    # hmmlearn's score returns log-likelihoods only: the same work without writing n x L x S beliefs
+    ours_ll = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev, return_beliefs=False), reps, sync)
     X = tokens[:n_peer].reshape(-1, 1).cpu().numpy()
     lengths = [length] * n_peer
     peers = {}
@@ -78,7 +80,9 @@ def _filter_rows(label: str, hmm: HMM, n: int, n_peer: int, length: int, dev: to
     ratio = ours / best_peer
     rows = [_row(f"filter {label}, {n} x {length}", f"{ours / 1e6:.3g} M beliefs/s",
                  f"hmmlearn scaling {peers['scaling'] / 1e6:.3g} M/s, log {peers['log'] / 1e6:.3g} M/s "
-                 f"({n_peer} seqs)", ratio, f">= {TARGETS[target_key]:g}x", ratio >= TARGETS[target_key])]
+                 f"({n_peer} seqs)", ratio, f">= {TARGETS[target_key]:g}x", ratio >= TARGETS[target_key]),
+            _row(f"filter {label}, {n} x {length}, log-likelihood only", f"{ours_ll / 1e6:.3g} M tokens/s",
+                 "as above", ours_ll / best_peer)]
     if peak64 is not None:
         S = hmm.n_states
         frac = ours * 2 * S * S / 1e9 / peak64

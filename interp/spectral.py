@@ -255,8 +255,32 @@ class SpectralHMM:
 
 
 # ------------------------------------------------------------------------ parameter recovery
+def _joint_eigenvectors(Bt: torch.Tensor, R: torch.Tensor, iters: int, tol: float = 1e-12) -> torch.Tensor:
+    """Refine common eigenvectors R [r, r] of the operators Bt [V, r, r] by alternating least squares.
+
+    With ``D[x, h] = (R^{-1} Bt_x R)[h, h]`` fixed, column h becomes the unit vector minimising
+    ``sum_x ||(Bt_x - D[x, h] I) r_h||^2``: the smallest eigenvector of a Gram matrix that pools every
+    token's operator. One random combination's eigenvectors are at the mercy of its smallest eigengap;
+    the pooled fit averages the sampling noise of all V operators. Exact eigenvectors are a fixed point."""
+    r = R.shape[0]
+    eye = torch.eye(r, dtype=Bt.dtype, device=Bt.device)
+    gram = torch.einsum("xij,xik->jk", Bt, Bt)  # sum_x Bt_x^T Bt_x
+    bsym = Bt + Bt.transpose(1, 2)
+    R = R / R.norm(dim=0)
+    for _ in range(iters):
+        D = torch.einsum("hr,xrq,qh->xh", torch.linalg.inv(R), Bt, R)  # [V, r]
+        G = gram - torch.einsum("xh,xij->hij", D, bsym) + (D * D).sum(0)[:, None, None] * eye  # [r, r, r]
+        new = torch.linalg.eigh(G).eigenvectors[:, :, 0].T  # column h: smallest eigenvector of G[h]
+        new = new * torch.sign((new * R).sum(0))  # eigh's sign is arbitrary: keep each column's
+        done = bool((new - R).abs().max() < tol)
+        R = new
+        if done:
+            break
+    return R
+
+
 def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Generator,
-                          eps: float = 1e-8) -> EmissionForm:
+                          eps: float = 1e-8, refine_iters: int = 50) -> EmissionForm:
     """Estimate (mu, A, C) of a ``rank``-state emission-form HMM (``x_t ~ C[z_t]``, ``z_{t+1} ~ A[z_t]``).
 
     Given the middle state h of a triple, the three tokens are independent, so with
@@ -264,7 +288,8 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     ``P3x1[x] = M3 diag(w) diag(C[:, x]) M1^T`` and ``P31 = M3 diag(w) M1^T``. With ``P31 = U S V^T``
     (top ``rank`` singular triples), ``Bt_x = U^T P3x1[x] V S^{-1} = R diag(C[:, x]) R^{-1}``,
     ``R = U^T M3``: every Bt_x is diagonalised by the same R. R is taken from the eigenvectors of a
-    random combination ``sum_x eta_x Bt_x`` (eta ~ N(0, I) from ``generator``), and
+    random combination ``sum_x eta_x Bt_x`` (eta ~ N(0, I) from ``generator``), refined jointly over
+    all V operators (``refine_iters`` alternating least-squares sweeps, :func:`_joint_eigenvectors`), and
     ``C[h, x] = (R^{-1} Bt_x R)[h, h]``: the emissions of the middle state (AHK 2012).
     Transitions from pairs: ``P21^T = C^T diag(mu) A C``, so ``J = (C^T)^+ P21^T C^+ = diag(mu) A``.
     Projection to valid parameters: real parts, entries clipped below at ``eps``, rows of C and of J
@@ -277,6 +302,8 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     rank = _check_rank(rank, V)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0:
+        raise ValueError(f"refine_iters must be a non-negative integer, got {refine_iters!r}")
     if not (isinstance(eps, (int, float, np.floating)) and 0.0 < eps < 1.0 / V):
         raise ValueError(f"eps must lie in (0, 1/V) = (0, {1.0 / V:g}), got {eps!r}")
     U, s, Vh = torch.linalg.svd(moments.P31)
@@ -286,8 +313,8 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     Bt = (U.T @ moments.P3x1 @ Vr) / s  # [V, r, r]: U^T P3x1[x] V diag(1/s)
     eta = torch.randn(V, generator=generator, dtype=torch.float64).to(Bt.device)
     _, R = torch.linalg.eig(torch.einsum("x,xrq->rq", eta, Bt))  # [r, r] complex eigenvectors
-    Rinv = torch.linalg.inv(R)
-    C = torch.einsum("hr,xrq,qh->hx", Rinv, Bt.to(R.dtype), R).real  # [r, V]
+    R = _joint_eigenvectors(Bt, R.real, refine_iters)  # the true ones are real
+    C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt, R)  # [r, V]
     C = C.clamp_min(eps)
     C = C / C.sum(1, keepdim=True)
     J = torch.linalg.pinv(C.T) @ moments.P21.T @ torch.linalg.pinv(C)  # [r, r] ~ diag(mu) A

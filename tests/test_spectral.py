@@ -119,6 +119,43 @@ def test_recover_emission_form_from_exact_moments(name, kw, seed):
     em.to_hmm()  # valid parameters
 
 
+def _operators(m: SP.Moments, rank: int) -> torch.Tensor:
+    U, s, Vh = torch.linalg.svd(m.P31)
+    return (U[:, :rank].T @ m.P3x1 @ Vh[:rank].T) / s[:rank]  # [V, r, r], as recover_emission_form builds them
+
+
+def test_joint_eigenvectors_are_found_from_a_perturbed_start():
+    """Exact operators share real eigenvectors; the refinement walks back to them from a start 10% off."""
+    hmm = H.get_process("cyclic", n_states=6, n_tokens=12, seed=2)
+    Bt = _operators(SP.exact_moments(hmm), 6)
+    eta = torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, R = torch.linalg.eig(torch.einsum("x,xrq->rq", eta, Bt))  # distinct eigenvalues: unique directions
+    R = R.real
+    start = R + 0.1 * torch.randn(R.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    off = lambda Q: (torch.linalg.inv(Q) @ Bt @ Q) * (1 - torch.eye(6, dtype=torch.float64))  # noqa: E731
+    assert float(off(start).abs().max()) > 1e-2
+    refined = SP._joint_eigenvectors(Bt, start, 50)
+    assert float(off(refined).abs().max()) < 1e-10
+    # the same directions as the exact eigenvectors, each up to scale
+    cos = (refined / refined.norm(dim=0)).T @ (R / R.norm(dim=0))
+    assert_close(cos.abs().max(1).values, torch.ones(6, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_joint_refinement_beats_one_random_combination_on_samples():
+    """On sampled moments one random combination's eigenvectors are at the mercy of its eigengaps; the pooled
+    fit no longer depends on the combination and is better than any of them (measured C errors: 0.085 to
+    1.19 unrefined over these six combinations, 0.078 refined for all six)."""
+    hmm = H.get_process("cyclic", n_states=8, n_tokens=16, seed=0)
+    m = SP.empirical_moments(hmm.sample(500, 100, seed=1), 16)
+    truth = hmm.to_emission()
+    errs = {it: torch.tensor([parameter_errors(truth, SP.recover_emission_form(
+        m, 8, generator=torch.Generator().manual_seed(g), refine_iters=it))["C_frobenius"] for g in range(6)])
+        for it in (0, 50)}
+    assert float(errs[50].max() - errs[50].min()) < 1e-6
+    assert float(errs[50].max()) < float(errs[0].min())
+    assert float(errs[0].mean()) > 5 * float(errs[50].mean())
+
+
 def test_overcomplete_rank_v_model_is_not_the_process():
     hmm = H.get_process("cyclic", n_states=6, n_tokens=3, seed=0)
     m = SP.exact_moments(hmm)
@@ -179,5 +216,7 @@ def test_bad_inputs_raise_value_errors():
         SP.recover_emission_form(m, 4, generator=0)
     with pytest.raises(ValueError, match="eps must lie in"):
         SP.recover_emission_form(m, 4, generator=g, eps=0.5)
+    with pytest.raises(ValueError, match="refine_iters must be a non-negative integer"):
+        SP.recover_emission_form(m, 4, generator=g, refine_iters=-1)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         SP.SpectralHMM(model.U, model.b1, model.binf, model.B[:, :3])

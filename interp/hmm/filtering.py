@@ -164,15 +164,14 @@ def _filter_emission(hmm: HMM, tokens: torch.Tensor, side: str, A: torch.Tensor,
     r = torch.empty(n, dtype=torch.float64, device=dev)
     eta = hmm.initial.expand(n, S)
     if side == "source":
-        # An extra column of row sums makes the product also return the normaliser.
-        a_ext = torch.cat([A, A.sum(1, keepdim=True)], 1)
-        u = torch.empty(n, S + 1, dtype=torch.float64, device=dev)
+        # The normaliser is (eta * e) @ A @ 1: scale the small operand before the product so
+        # the product itself writes the normalised belief.
+        w = A.sum(1)
         for t in range(L):
             torch.index_select(CT, 0, tok[t], out=e)
-            torch.mm(e.mul_(eta), a_ext, out=u)
-            z[t] = u[:, S]
-            torch.reciprocal(u[:, S], out=r)
-            eta = torch.mul(u[:, :S], r[:, None], out=steps[t])
+            torch.mv(e.mul_(eta), w, out=z[t])
+            torch.reciprocal(z[t], out=r)
+            eta = torch.mm(e.mul_(r[:, None]), A, out=steps[t])
     else:
         ones = torch.ones(S, dtype=torch.float64, device=dev)
         u = torch.empty(n, S, dtype=torch.float64, device=dev)
