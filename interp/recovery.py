@@ -54,6 +54,8 @@ class BeliefNetFit:
     init: Literal["random", "uniform", "spectral"] = "random"
     init_scale: float = 1.0  # std of random logits; noise size for "uniform"
     restarts: int = 1  # independent inits; the best training likelihood is kept
+    # "cosine": the learning rate decays to 0 over max_steps, so minibatch noise dies out at the end
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ class AblationConfig:
     uniform: bool = False
     spectral: bool = False
     restarts: int = 0  # > 1: a run keeping the best of this many random inits
-    # a control, not a method: started at the true parameters, where the fit ends is the floor that estimation
-    # error from the finite training set puts under every learner's held-out NLL
+    # a control, not a method: started at the true parameters, where the fit ends is the floor for this
+    # optimiser setting (estimation error from the finite training set plus the optimiser's own noise)
     from_truth: bool = False
 
 
@@ -251,6 +253,8 @@ def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: Beli
     params = [torch.nn.Parameter(x.to(device=device, dtype=dtype)) for x in logits]
     opt_cls = torch.optim.AdamW if fit.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(params, lr=fit.lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=fit.max_steps)
+             if fit.lr_schedule == "cosine" else None)
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_tok_train, n_tok_held = train.numel(), heldout.numel()
 
@@ -268,6 +272,8 @@ def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: Beli
         for p, g_ in zip(params, grads):
             p.grad = -g_ / batch.numel()  # the gradient of the mean NLL per token
         opt.step()
+        if sched is not None:
+            sched.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - t0
@@ -281,7 +287,7 @@ def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: Beli
     if curve[-1][1] != step:
         curve.append((elapsed, step, heldout_nll()))
     return {"params": H.EmissionForm(mu, A, C), "curve": curve, "train_nll": train_nll, "steps": step,
-            "seconds": elapsed}
+            "seconds": elapsed, "final_lr": float(opt.param_groups[0]["lr"])}
 
 
 # ----------------------------------------------------------------------------- Baum-Welch

@@ -76,6 +76,19 @@ def test_started_at_the_truth_both_learners_stay_there():
     assert abs(bw["curve"][-1][2] - true_nll) < 2e-3
 
 
+def test_cosine_schedule_ends_at_zero_learning_rate():
+    hmm = H.get_process("cyclic", n_states=3, n_tokens=4, seed=0)
+    train, held = hmm.sample(40, 20, seed=1), hmm.sample(10, 20, seed=2)
+    logits = [torch.zeros(3), torch.zeros(3, 3), torch.zeros(3, 4)]
+    ends = {}
+    for schedule in ("constant", "cosine"):
+        fit = BeliefNetFit(lr=0.1, max_steps=12, eval_every=4, batch_size=10, lr_schedule=schedule)
+        res = fit_belief_net(train, held, logits, fit, seed=0, dtype=torch.float64)
+        ends[schedule] = res["final_lr"]
+        assert res["steps"] == 12
+    assert ends == {"constant": 0.1, "cosine": pytest.approx(0.0, abs=1e-15)}
+
+
 def test_baum_welch_never_lowers_the_training_likelihood():
     hmm = H.get_process("cyclic", n_states=4, n_tokens=6, seed=3)
     train, held = hmm.sample(100, 40, seed=1).numpy(), hmm.sample(20, 40, seed=2).numpy()
@@ -106,6 +119,7 @@ def test_time_to_reach():
     ({"baum_welch": {"implementations": ["fast"]}}, "baum_welch.implementations"),
     ({"belief_net": {"lr": -1.0}}, "belief_net.lr"),
     ({"belief_net": {"init": "zeros"}}, "belief_net.init"),
+    ({"belief_net": {"lr_schedule": "linear"}}, "belief_net.lr_schedule"),
     ({"colour": 1}, "colour"),
     ({"data": {"length": 2}}, "data.length"),
     ({"seeds": []}, "seeds"),
