@@ -31,6 +31,12 @@ def label(study: dict) -> str:
     return f"S={h['n_states']}, V={h['n_tokens']}"
 
 
+def labels(studies: list[dict]) -> list[str]:
+    """Legend labels: the regime, with the study's name where two studies share a regime."""
+    base = [label(s) for s in studies]
+    return [f"{s['config']['name']} ({b})" if base.count(b) > 1 else b for s, b in zip(studies, base)]
+
+
 def methods_of(studies: list[dict]) -> list[str]:
     """Every method that appears in any seed of any study, in first-seen order."""
     methods: list[str] = []
@@ -69,6 +75,7 @@ def draw_errors(axes, studies: list[dict], *, by_method: bool = False) -> None:
     A method with no value for a quantity (the spectral method estimates no A, C) is marked n/a."""
     methods = methods_of(studies)
     width = 0.8 / len(studies)
+    names = labels(studies)
     for k, study in enumerate(studies):
         labelled = False
         for ax, key in zip(axes, ERROR_KEYS):
@@ -81,7 +88,7 @@ def draw_errors(axes, studies: list[dict], *, by_method: bool = False) -> None:
                                 textcoords="offset points", ha="center", fontsize=7, color="0.5")
                     continue
                 ax.scatter(np.full(len(vals), x), vals, s=10, color=colour, alpha=0.6,
-                           label=None if labelled else label(study))
+                           label=None if labelled else names[k])
                 labelled = True
                 ax.hlines(np.median(vals), x - width / 2, x + width / 2, color=colour)
     for ax, title in zip(axes, ERROR_KEYS.values()):
