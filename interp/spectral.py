@@ -271,7 +271,7 @@ def _joint_eigenvectors(Bt: torch.Tensor, R: torch.Tensor, iters: int, tol: floa
         D = torch.einsum("hr,xrq,qh->xh", torch.linalg.inv(R), Bt, R)  # [V, r]
         G = gram - torch.einsum("xh,xij->hij", D, bsym) + (D * D).sum(0)[:, None, None] * eye  # [r, r, r]
         new = torch.linalg.eigh(G).eigenvectors[:, :, 0].T  # column h: smallest eigenvector of G[h]
-        new = new * torch.sign((new * R).sum(0))  # eigh's sign is arbitrary: keep each column's
+        new = new * torch.where((new * R).sum(0) < 0, -1.0, 1.0)  # eigh's sign is arbitrary: keep each column's
         done = bool((new - R).abs().max() < tol)
         R = new
         if done:
@@ -313,8 +313,11 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     Bt = (U.T @ moments.P3x1 @ Vr) / s  # [V, r, r]: U^T P3x1[x] V diag(1/s)
     eta = torch.randn(V, generator=generator, dtype=torch.float64).to(Bt.device)
     _, R = torch.linalg.eig(torch.einsum("x,xrq->rq", eta, Bt))  # [r, r] complex eigenvectors
-    R = _joint_eigenvectors(Bt, R.real, refine_iters)  # the true ones are real
-    C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt, R)  # [r, V]
+    if refine_iters:
+        R = _joint_eigenvectors(Bt, R.real, refine_iters)  # the true ones are real
+        C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt, R)  # [r, V]
+    else:  # the plain method: one combination's (possibly complex) eigenvectors
+        C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt.to(R.dtype), R).real
     C = C.clamp_min(eps)
     C = C / C.sum(1, keepdim=True)
     J = torch.linalg.pinv(C.T) @ moments.P21.T @ torch.linalg.pinv(C)  # [r, r] ~ diag(mu) A
