@@ -20,21 +20,6 @@ _FACTOR_RTOL = 1e-12
 EmissionSide = Literal["source", "destination"]
 
 
-def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, device=None) -> torch.Tensor:
-    """An uninitialised, 64-byte aligned tensor for a large result (filter beliefs, sampled tokens).
-
-    On CPU it is allocated through numpy: numpy's allocator reuses freed blocks and asks for huge
-    pages, while a fresh torch allocation of this size is often mapped page by page on first
-    write (here about 14 ms of page faults for a 15 MB buffer against under 1 ms)."""
-    if device is not None and torch.device(device).type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    nbytes = int(np.prod(shape)) * np_dtype.itemsize
-    raw = np.empty(nbytes + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64  # numpy only guarantees 16-byte alignment; vector stores want 64
-    return torch.from_numpy(raw[start:start + nbytes].view(np_dtype).reshape(shape))
-
-
 def _as_float64(x, name: str, device=None) -> torch.Tensor:
     # Lists of Python floats would become float32 under as_tensor: go through numpy (float64).
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), device=device)

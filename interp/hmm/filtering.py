@@ -17,7 +17,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from interp.hmm.core import HMM, empty_buffer
+from interp.hmm.buffers import empty_buffer
+from interp.hmm.core import HMM
 
 Method = Literal["auto", "sequential", "scan"]
 

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from interp.hmm.core import HMM, empty_buffer
+from interp.hmm.buffers import empty_buffer
+from interp.hmm.core import HMM
 
 _BITS = 32
 _ONE = 1 << _BITS
