@@ -79,6 +79,9 @@ class AblationConfig:
     from_truth: bool = False
 
 
+SPECTRAL_MAX_ENTRIES = 2**27  # windowed third moments held in float64: 1 GiB
+
+
 @dataclass(frozen=True)
 class RecoveryConfig:
     name: str = "recovery"
@@ -90,6 +93,9 @@ class RecoveryConfig:
     belief_net: BeliefNetFit = field(default_factory=BeliefNetFit)
     baum_welch: BaumWelchFit = field(default_factory=BaumWelchFit)
     spectral: bool = True
+    # the observable-operator baseline over windows of this many tokens (rank min(S, V^window)); 1 is HKZ's
+    # single tokens, which cannot represent an overcomplete HMM (V < S)
+    spectral_window: int = 1
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
     def __post_init__(self):
@@ -102,6 +108,14 @@ class RecoveryConfig:
                 raise ConfigError(f"{key} must be >= 1, got {v}")
         if self.data.length < 3:
             raise ConfigError(f"data.length must be >= 3 (spectral learning uses triples), got {self.data.length}")
+        w = self.spectral_window
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ConfigError(f"spectral_window must be an integer >= 1, got {w!r}")
+        if self.spectral and self.data.length < 2 * w + 1:
+            raise ConfigError(f"data.length must be >= 2 spectral_window + 1 = {2 * w + 1}, got {self.data.length}")
+        if self.spectral and self.hmm.n_tokens ** (2 * w + 1) > SPECTRAL_MAX_ENTRIES:
+            raise ConfigError(f"spectral_window {w} needs V^(2 window + 1) = {self.hmm.n_tokens ** (2 * w + 1):,} "
+                              f"moment entries, over the {SPECTRAL_MAX_ENTRIES:,} allowed")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
         for key, v in (("epsilon", self.epsilon), ("belief_net.lr", self.belief_net.lr),
@@ -350,33 +364,47 @@ def _summary(result: dict, true: H.EmissionForm, true_nll: float, epsilon: float
     return out
 
 
-def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda m: None) -> dict:
-    device = torch.device(cfg.device)
+def study_data(cfg: RecoveryConfig, seed: int) -> tuple[H.HMM, torch.Tensor, torch.Tensor]:
+    """A seed's true HMM, training and held-out tokens (CPU): the same for every method and every run."""
     hmm = cfg.true_hmm(seed)
-    true = hmm.to_emission()
-    S, V = hmm.n_states, hmm.n_tokens
     train = hmm.sample(cfg.data.n_train, cfg.data.length, seed=_seed_stream(seed, "train")).cpu()
     heldout = hmm.sample(cfg.data.n_heldout, cfg.data.length, seed=_seed_stream(seed, "heldout")).cpu()
+    return hmm, train, heldout
+
+
+def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int) -> dict:
+    """HKZ observable operators over ``window``-token windows at rank min(S, V^window): held-out NLL per token."""
+    from interp import spectral as SP
+
+    t0 = time.perf_counter()
+    rank = min(n_states, n_tokens ** window)
+    model = SP.SpectralHMM.fit(SP.empirical_moments(train, n_tokens, window=window), rank)
+    seconds = time.perf_counter() - t0
+    nll = float(-model.log_likelihood(heldout).sum() / heldout.numel())
+    return {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}
+
+
+def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda m: None) -> dict:
+    device = torch.device(cfg.device)
+    hmm, train, heldout = study_data(cfg, seed)
+    true = hmm.to_emission()
+    S, V = hmm.n_states, hmm.n_tokens
     true_nll = float(-H.log_likelihood(hmm, heldout).sum() / heldout.numel())
     true_train_nll = float(-H.log_likelihood(hmm, train).sum() / train.numel())
     out = {"seed": seed, "true_heldout_nll": true_nll, "true_train_nll": true_train_nll, "methods": {}}
 
     needs_spectral = cfg.belief_net.init == "spectral" or cfg.ablation.spectral
     spectral_params = None
-    if cfg.spectral or needs_spectral:
+    if cfg.spectral:
+        res = fit_spectral(train, heldout, S, V, cfg.spectral_window)
+        nll = res["heldout_nll"]
+        out["methods"]["spectral"] = {**res, "excess_nll": nll - true_nll, "recovered": nll - true_nll <= cfg.epsilon}
+        window = f", {cfg.spectral_window}-token windows" if cfg.spectral_window > 1 else ""
+        log(f"seed {seed}: spectral (rank {res['rank']}{window}) held-out NLL {nll:.4f} vs true {true_nll:.4f}")
+    if needs_spectral:
         from interp import spectral as SP
 
-        t0 = time.perf_counter()
         moments = SP.empirical_moments(train, V)
-    if cfg.spectral:
-        rank = min(S, V)
-        model = SP.SpectralHMM.fit(moments, rank)
-        seconds = time.perf_counter() - t0
-        nll = float(-model.log_likelihood(heldout).sum() / heldout.numel())
-        out["methods"]["spectral"] = {"rank": rank, "heldout_nll": nll, "excess_nll": nll - true_nll,
-                                      "recovered": nll - true_nll <= cfg.epsilon, "seconds": seconds}
-        log(f"seed {seed}: spectral (rank {rank}) held-out NLL {nll:.4f} vs true {true_nll:.4f}")
-    if needs_spectral:
         spectral_params = SP.recover_emission_form(moments, min(S, V), generator=torch.Generator().manual_seed(seed))
         if S > V:  # a rank-V estimate has V states: pad with copies so the Belief Net keeps S states
             reps = math.ceil(S / V)

@@ -26,6 +26,11 @@ Two estimators use them:
   eigen-decomposition method of Anandkumar, Hsu & Kakade (2012, "A method of moments for mixture
   models and hidden Markov models"), e.g. to initialise a Belief Net or Baum-Welch.
 
+Windows (``window = h > 1``): the past and the future of a position are taken as the h tokens before and
+after it, each one index among V^h, so ``P21`` is [V^h, V^h] and ``P3x1`` [V, V^h, V^h] (``P1`` is then the
+marginal of h-token windows). The same algebra holds with ``O`` the [V^h, S] probabilities of the next h
+tokens, so the observable-operator model is exact at rank S as soon as S <= V^h and those windows tell the
+states apart: this is how spectral learning reaches the overcomplete case (V < S) that single tokens cannot.
 Moments pooled over positions (:func:`empirical_moments`) and :func:`exact_moments` both describe the
 stationary process: both estimators assume the sequences start in the stationary distribution.
 All numbers are float64.
@@ -44,18 +49,28 @@ __all__ = ["Moments", "empirical_moments", "exact_moments", "SpectralHMM", "reco
 
 
 # ------------------------------------------------------------------------------------ validation
-def _check_rank(rank, n_tokens: int) -> int:
+def _check_rank(rank, n_tokens: int, window: int = 1) -> int:
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise ValueError(f"rank must be an integer, got {rank!r}")
     rank = int(rank)
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    if rank > n_tokens:
-        raise ValueError(
-            f"rank {rank} exceeds the number of tokens V = {n_tokens}: spectral learning needs "
-            f"rank <= V (P21 is V x V); with fewer tokens than states only a rank-{n_tokens} model can be fitted"
-        )
+    if rank > n_tokens ** window:
+        if window == 1:
+            raise ValueError(
+                f"rank {rank} exceeds the number of tokens V = {n_tokens}: spectral learning needs rank <= V "
+                f"(P21 is V x V); with fewer tokens than states only a rank-{n_tokens} model can be fitted, "
+                f"or use windows of several tokens (window > 1)"
+            )
+        raise ValueError(f"rank {rank} exceeds V^window = {n_tokens}^{window} = {n_tokens ** window}, "
+                         f"the size of P21 over {window}-token windows")
     return rank
+
+
+def _check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    return int(window)
 
 
 def _check_tokens(tokens, n_tokens: int, device=None, min_length: int = 1) -> torch.Tensor:
@@ -89,72 +104,100 @@ def _as_float64(x, name: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- moments
 @dataclass(frozen=True)
 class Moments:
-    """Low-order moments of a stationary token process (float64).
+    """Low-order moments of a stationary token process (float64), over windows of ``window = h`` tokens.
 
-    P1: [V] ``P(x_t = x)``; P21: [V, V] with ``P21[j, i] = P(x_{t+1} = j, x_t = i)``;
-    P3x1: [V, V, V] with ``P3x1[x, k, i] = P(x_{t+2} = k, x_{t+1} = x, x_t = i)``.
+    With W = V^h windows: P1: [W] ``P(window)``; P21: [W, W] with ``P21[f, p]`` the probability of the past
+    window p (the h tokens up to t) followed by the future window f (the h tokens after t);
+    P3x1: [V, W, W] with ``P3x1[x, f, p]`` that of p, then token x, then f. A window's index reads its tokens
+    in time order as a base-V number. For h = 1: ``P21[j, i] = P(x_{t+1} = j, x_t = i)`` and
+    ``P3x1[x, k, i] = P(x_{t+2} = k, x_{t+1} = x, x_t = i)``.
     """
 
     P1: torch.Tensor
     P21: torch.Tensor
     P3x1: torch.Tensor
+    window: int = 1
 
     def __post_init__(self):
+        h = _check_window(self.window)
         p1 = _as_float64(self.P1, "P1")
         if p1.ndim != 1 or p1.shape[0] == 0:
-            raise ValueError(f"P1 must be a non-empty vector [V], got shape {tuple(p1.shape)}")
-        v = p1.shape[0]
+            raise ValueError(f"P1 must be a non-empty vector [V^window], got shape {tuple(p1.shape)}")
+        w = p1.shape[0]
+        v = round(w ** (1 / h))
+        v = next((c for c in (v - 1, v, v + 1) if c >= 1 and c ** h == w), None)
+        if v is None:
+            raise ValueError(f"P1 has {w} entries, which is not V^window for window {h}")
         p21 = _as_float64(self.P21, "P21").to(p1.device)
-        if tuple(p21.shape) != (v, v):
-            raise ValueError(f"P21 must have shape (V, V) = {(v, v)}, got {tuple(p21.shape)}")
+        if tuple(p21.shape) != (w, w):
+            raise ValueError(f"P21 must have shape (V^window, V^window) = {(w, w)}, got {tuple(p21.shape)}")
         p3 = _as_float64(self.P3x1, "P3x1").to(p1.device)
-        if tuple(p3.shape) != (v, v, v):
-            raise ValueError(f"P3x1 must have shape (V, V, V) = {(v, v, v)}, got {tuple(p3.shape)}")
+        if tuple(p3.shape) != (v, w, w):
+            raise ValueError(f"P3x1 must have shape (V, V^window, V^window) = {(v, w, w)}, got {tuple(p3.shape)}")
         object.__setattr__(self, "P1", p1)
         object.__setattr__(self, "P21", p21)
         object.__setattr__(self, "P3x1", p3)
+        object.__setattr__(self, "window", h)
 
     @property
     def n_tokens(self) -> int:
-        return self.P1.shape[0]
+        return self.P3x1.shape[0]
 
     @property
     def P31(self) -> torch.Tensor:
-        """[V, V] ``P31[k, i] = P(x_{t+2} = k, x_t = i) = sum_x P3x1[x, k, i]``."""
+        """[W, W] ``P31[f, p] = sum_x P3x1[x, f, p]``: past and future with one token between."""
         return self.P3x1.sum(0)
 
 
-def empirical_moments(tokens, n_tokens: int) -> Moments:
-    """Moments counted over every window of every sequence in ``tokens`` [n, L] (L >= 3).
+def _window_codes(t: torch.Tensor, v: int, h: int) -> torch.Tensor:
+    """[n, L - h + 1] index of the h-token window starting at each position (base v, oldest digit first)."""
+    code = t[:, : t.shape[1] - h + 1]
+    for i in range(1, h):
+        code = code * v + t[:, i: t.shape[1] - h + 1 + i]
+    return code
 
-    P1 counts all n L tokens, P21 all n (L-1) consecutive pairs, P3x1 all n (L-2) triples, each
-    normalised by its own count. Pooling positions assumes the process is stationary (the sequences
-    start in the stationary distribution); otherwise these are position-averaged moments.
-    One ``bincount`` per moment on flattened indices: O(n L) time, O(V^3) memory.
+
+def empirical_moments(tokens, n_tokens: int, *, window: int = 1) -> Moments:
+    """Moments counted over every position of every sequence in ``tokens`` [n, L] (L >= 2 window + 1).
+
+    P1 counts all n (L - h + 1) windows, P21 all n (L - 2h + 1) (past, future) pairs, P3x1 all n (L - 2h)
+    (past, token, future) triples, each normalised by its own count. Pooling positions assumes the process is
+    stationary (the sequences start in the stationary distribution); otherwise these are position-averaged
+    moments. One ``bincount`` per moment on flattened indices: O(n L) time, O(V^(2h+1)) memory.
     """
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
-    v = int(n_tokens)
-    t = _check_tokens(tokens, v, min_length=3)
-    x0, x1, x2 = t[:, :-2], t[:, 1:-1], t[:, 2:]
-    p1 = torch.bincount(t.reshape(-1), minlength=v).to(torch.float64)
-    p21 = torch.bincount((t[:, 1:] * v + t[:, :-1]).reshape(-1), minlength=v * v).to(torch.float64)
-    p3 = torch.bincount(((x1 * v + x2) * v + x0).reshape(-1), minlength=v ** 3).to(torch.float64)
-    return Moments(p1 / p1.sum(), (p21 / p21.sum()).view(v, v), (p3 / p3.sum()).view(v, v, v))
+    v, h = int(n_tokens), _check_window(window)
+    t = _check_tokens(tokens, v, min_length=2 * h + 1)
+    w = v ** h
+    c = _window_codes(t, v, h)  # c[:, s]: the window starting at s
+    past2, future2 = c[:, : c.shape[1] - h], c[:, h:]  # past starts at s, future right after it
+    past3, x3, future3 = c[:, : c.shape[1] - h - 1], t[:, h: t.shape[1] - h], c[:, h + 1:]
+    p1 = torch.bincount(c.reshape(-1), minlength=w).to(torch.float64)
+    p21 = torch.bincount((future2 * w + past2).reshape(-1), minlength=w * w).to(torch.float64)
+    p3 = torch.bincount(((x3 * w + future3) * w + past3).reshape(-1), minlength=v * w * w).to(torch.float64)
+    return Moments(p1 / p1.sum(), (p21 / p21.sum()).view(w, w), (p3 / p3.sum()).view(v, w, w), h)
 
 
-def exact_moments(hmm: HMM) -> Moments:
+def exact_moments(hmm: HMM, *, window: int = 1) -> Moments:
     """Moments of ``hmm`` started in its stationary distribution ``pi`` (``hmm.initial`` is ignored).
 
-    ``P1[x] = pi T[x] 1``, ``P21[j, i] = pi T[i] T[j] 1``, ``P3x1[x, k, i] = pi T[i] T[x] T[k] 1``.
+    With ``F[f, s]`` the probability of the future window f from state s (``T[f_1] ... T[f_h] 1``) and
+    ``G[p]`` the row vector ``pi T[p_1] ... T[p_h]``: ``P1[p] = G[p] 1``, ``P21[f, p] = G[p] F[f]``,
+    ``P3x1[x, f, p] = G[p] T[x] F[f]``.
     """
+    h = _check_window(window)
     T = hmm.T  # [V, S, S]
-    a = hmm.pi @ T  # [V, S]: a[i] = pi T[i]
-    o = T.sum(2)  # [V, S]: o[k] = T[k] 1
-    p1 = a.sum(1)
-    p21 = o @ a.T  # [V(j), V(i)]
-    p3 = torch.einsum("is,xst,kt->xki", a, T, o)
-    return Moments(p1, p21, p3)
+    S = hmm.n_states
+    F = T.sum(2)  # [V, S]: F[k] = T[k] 1
+    G = hmm.pi @ T  # [V, S]: G[i] = pi T[i]
+    for _ in range(h - 1):
+        F = torch.einsum("xst,ft->xfs", T, F).reshape(-1, S)  # a token before the window
+        G = torch.einsum("ps,xst->pxt", G, T).reshape(-1, S)  # a token after it
+    p1 = G.sum(1)
+    p21 = F @ G.T  # [W(f), W(p)]
+    p3 = torch.einsum("ps,xst,ft->xfp", G, T, F)
+    return Moments(p1, p21, p3, h)
 
 
 # ------------------------------------------------------------------------ observable operators
@@ -162,8 +205,8 @@ def exact_moments(hmm: HMM) -> Moments:
 class SpectralHMM:
     """The HKZ observable-operator model of rank r over V tokens.
 
-    U: [V, r] basis of the top-r left singular vectors of P21; b1: [r]; binf: [r]; B: [V, r, r].
-    ``P(x_1 .. x_t) = binf^T B_{x_t} ... B_{x_1} b1`` (before the predictions are made valid).
+    U: [W, r] basis of the top-r left singular vectors of P21 (W = V^window); b1: [r]; binf: [r];
+    B: [V, r, r]. ``P(x_1 .. x_t) = binf^T B_{x_t} ... B_{x_1} b1`` (before the predictions are made valid).
     """
 
     U: torch.Tensor
@@ -172,16 +215,17 @@ class SpectralHMM:
     B: torch.Tensor
 
     def __post_init__(self):
-        v, r = self.U.shape
-        if tuple(self.b1.shape) != (r,) or tuple(self.binf.shape) != (r,) or tuple(self.B.shape) != (v, r, r):
+        r = self.U.shape[1] if self.U.ndim == 2 else -1
+        if (self.B.ndim != 3 or tuple(self.b1.shape) != (r,) or tuple(self.binf.shape) != (r,)
+                or tuple(self.B.shape[1:]) != (r, r)):
             raise ValueError(
                 f"inconsistent shapes: U {tuple(self.U.shape)}, b1 {tuple(self.b1.shape)}, "
-                f"binf {tuple(self.binf.shape)}, B {tuple(self.B.shape)} (want [V, r], [r], [r], [V, r, r])"
+                f"binf {tuple(self.binf.shape)}, B {tuple(self.B.shape)} (want [W, r], [r], [r], [V, r, r])"
             )
 
     @property
     def n_tokens(self) -> int:
-        return self.U.shape[0]
+        return self.B.shape[0]
 
     @property
     def rank(self) -> int:
@@ -191,9 +235,11 @@ class SpectralHMM:
     def fit(cls, moments: Moments, rank: int) -> "SpectralHMM":
         """HKZ: ``b1 = U^T P1``, ``binf = (P21^T U)^+ P1``, ``B_x = U^T P3x1[x] (U^T P21)^+``.
 
-        ``1 <= rank <= V``; a rank above the numerical rank of P21 gives a badly conditioned model.
+        ``1 <= rank <= V^window``; a rank above the numerical rank of P21 gives a badly conditioned model.
+        With windows, P1 serves as both the first window's and the past window's marginal (equal when
+        stationary), so b1 and binf keep their form.
         """
-        rank = _check_rank(rank, moments.n_tokens)
+        rank = _check_rank(rank, moments.n_tokens, moments.window)
         U = torch.linalg.svd(moments.P21)[0][:, :rank]  # [V, r]
         b1 = U.T @ moments.P1
         binf = torch.linalg.pinv(moments.P21.T @ U) @ moments.P1
@@ -205,7 +251,7 @@ class SpectralHMM:
         """log P(x_t | x_<t) [n, L] and, if asked, the valid predictions [n, L, V]."""
         if not (isinstance(floor, (int, float, np.floating)) and 0.0 < floor < 1.0):
             raise ValueError(f"floor must lie in (0, 1), got {floor!r}")
-        V, r = self.U.shape
+        V, r = self.n_tokens, self.rank
         dev = self.U.device
         tokens = _check_tokens(tokens, V, dev)
         n, L = tokens.shape
@@ -299,6 +345,8 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     rank-V model can be returned, which is not the true one.
     """
     V = moments.n_tokens
+    if moments.window != 1:
+        raise ValueError(f"recover_emission_form needs single-token moments (window 1), got window {moments.window}")
     rank = _check_rank(rank, V)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from interp import hmm as H
+from interp import spectral as SP
 from interp.cache import all_sequences
 from interp.cli import main
 from interp.config import ConfigError
@@ -20,6 +21,8 @@ from interp.recovery import (
     fit_belief_net,
     recovery_config_from_dict,
     run_recovery,
+    run_seed,
+    study_data,
     time_to_reach,
 )
 
@@ -123,6 +126,10 @@ def test_time_to_reach():
     ({"colour": 1}, "colour"),
     ({"data": {"length": 2}}, "data.length"),
     ({"seeds": []}, "seeds"),
+    ({"spectral_window": 0}, "spectral_window"),
+    ({"spectral_window": True}, "spectral_window"),
+    ({"spectral_window": 3, "data": {"length": 6}}, "2 spectral_window"),
+    ({"spectral_window": 3, "hmm": {"n_states": 8, "n_tokens": 32}}, "spectral_window 3 needs"),
 ])
 def test_bad_configs_name_the_key(bad, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -176,6 +183,19 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
         run_recovery(other, tmp_path / "tiny")
 
 
+def test_a_study_fits_the_spectral_baseline_over_its_configured_windows():
+    over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {},
+            "belief_net": {"max_steps": 2, "eval_every": 1}, "baum_welch": {"max_iter": 1}}
+    for window, rank in ((1, 2), (2, 3)):  # rank min(S, V^window): single tokens allow only V = 2 < S = 3
+        cfg = recovery_config_from_dict({**over, "spectral_window": window})
+        got = run_seed(cfg, 0)["methods"]["spectral"]
+        _, train, heldout = study_data(cfg, 0)
+        model = SP.SpectralHMM.fit(SP.empirical_moments(train, 2, window=window), rank)
+        want = float(-model.log_likelihood(heldout).sum() / heldout.numel())
+        assert (got["window"], got["rank"]) == (window, rank)
+        assert got["heldout_nll"] == pytest.approx(want, rel=1e-12)
+
+
 def test_command_line(tmp_path, capsys):
     import tomllib  # noqa: F401  (the file below is TOML)
 
@@ -203,3 +223,25 @@ def test_figures_are_written_and_byte_identical(tmp_path):
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert figs.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_spectral_windows_script_refits_on_the_studys_own_data(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("spectral_windows",
+                                                  Path(__file__).parents[1] / "analysis" / "spectral_windows.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {},
+            "belief_net": {"max_steps": 2, "eval_every": 1}, "baum_welch": {"max_iter": 1}}
+    study = run_recovery(recovery_config_from_dict(over), tmp_path / "s")
+    assert script.main([str(tmp_path / "s"), "--windows", "1", "2"]) == 0
+    out = json.loads((tmp_path / "s" / "spectral_windows.json").read_text())
+    assert [(r["seed"], r["window"], r["rank"]) for r in out["rows"]] == [(0, 1, 2), (0, 2, 3), (1, 1, 2), (1, 2, 3)]
+    for seed in study["seeds"]:  # window 1 is the study's own spectral baseline, refitted on regenerated data
+        row = next(r for r in out["rows"] if r["seed"] == seed["seed"] and r["window"] == 1)
+        assert row["excess_nll"] == pytest.approx(seed["methods"]["spectral"]["excess_nll"], rel=1e-12)
+    assert "| 2 | 3 | 2 |" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "s"), "--windows", "9"]) == 2
+    assert script.main([str(tmp_path / "nowhere")]) == 2
