@@ -93,8 +93,8 @@ class RecoveryConfig:
     belief_net: BeliefNetFit = field(default_factory=BeliefNetFit)
     baum_welch: BaumWelchFit = field(default_factory=BaumWelchFit)
     spectral: bool = True
-    # the observable-operator baseline over windows of this many tokens (rank min(S, V^window)); 1 is HKZ's
-    # single tokens, which cannot represent an overcomplete HMM (V < S)
+    # moments over windows of this many tokens (rank min(S, V^window)), for the observable-operator baseline and
+    # the spectral start; 1 is single tokens, which cannot represent an overcomplete HMM (V < S)
     spectral_window: int = 1
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
@@ -111,9 +111,10 @@ class RecoveryConfig:
         w = self.spectral_window
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise ConfigError(f"spectral_window must be an integer >= 1, got {w!r}")
-        if self.spectral and self.data.length < 2 * w + 1:
+        moments = self.spectral or self.belief_net.init == "spectral" or self.ablation.spectral
+        if moments and self.data.length < 2 * w + 1:
             raise ConfigError(f"data.length must be >= 2 spectral_window + 1 = {2 * w + 1}, got {self.data.length}")
-        if self.spectral and self.hmm.n_tokens ** (2 * w + 1) > SPECTRAL_MAX_ENTRIES:
+        if moments and self.hmm.n_tokens ** (2 * w + 1) > SPECTRAL_MAX_ENTRIES:
             raise ConfigError(f"spectral_window {w} needs V^(2 window + 1) = {self.hmm.n_tokens ** (2 * w + 1):,} "
                               f"moment entries, over the {SPECTRAL_MAX_ENTRIES:,} allowed")
         if not self.seeds:
@@ -404,11 +405,13 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
     if needs_spectral:
         from interp import spectral as SP
 
-        moments = SP.empirical_moments(train, V)
-        spectral_params = SP.recover_emission_form(moments, min(S, V), generator=torch.Generator().manual_seed(seed))
-        if S > V:  # a rank-V estimate has V states: pad with copies so the Belief Net keeps S states
-            reps = math.ceil(S / V)
-            idx = torch.arange(S) % V
+        w = cfg.spectral_window
+        moments = SP.empirical_moments(train, V, window=w)
+        k = min(S, V ** w)
+        spectral_params = SP.recover_emission_form(moments, k, generator=torch.Generator().manual_seed(seed))
+        if S > k:  # a rank-k estimate has k states: pad with copies so the Belief Net keeps S states
+            reps = math.ceil(S / k)
+            idx = torch.arange(S) % k
             A = spectral_params.A[idx][:, idx] / reps
             spectral_params = H.EmissionForm(spectral_params.mu[idx] / reps, A / A.sum(1, keepdim=True),
                                              spectral_params.C[idx])

@@ -341,13 +341,15 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     Projection to valid parameters: real parts, entries clipped below at ``eps``, rows of C and of J
     renormalised (A), ``mu`` = the clipped row sums of J, normalised (the stationary distribution
     the moments imply). Exact (up to a permutation of states) for exact moments of an emission-form
-    HMM with rank = S <= V, C of rank S and A invertible; in the overcomplete case (V < S) only a
-    rank-V model can be returned, which is not the true one.
+    HMM with rank = S <= V, C of rank S and A invertible.
+    Over windows of h tokens (``moments.window > 1``) the past and future windows play the roles of x_t and
+    x_{t+2}, so C comes out the same way for any S <= V^h, also overcomplete (V < S); there C^+ does not
+    exist, and A comes from the observable operators instead (:func:`_transitions_from_operators`), mu as
+    A's stationary distribution. With single tokens in the overcomplete case only a rank-V model can be
+    returned, which is not the true one.
     """
-    V = moments.n_tokens
-    if moments.window != 1:
-        raise ValueError(f"recover_emission_form needs single-token moments (window 1), got window {moments.window}")
-    rank = _check_rank(rank, V)
+    V, h = moments.n_tokens, moments.window
+    rank = _check_rank(rank, V, h)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0:
@@ -368,8 +370,35 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
         C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt.to(R.dtype), R).real
     C = C.clamp_min(eps)
     C = C / C.sum(1, keepdim=True)
-    J = torch.linalg.pinv(C.T) @ moments.P21.T @ torch.linalg.pinv(C)  # [r, r] ~ diag(mu) A
-    J = J.clamp_min(eps)
-    A = J / J.sum(1, keepdim=True)
-    mu = J.sum(1) / J.sum()
-    return EmissionForm(mu, A, C)
+    if h == 1:
+        J = torch.linalg.pinv(C.T) @ moments.P21.T @ torch.linalg.pinv(C)  # [r, r] ~ diag(mu) A
+        J = J.clamp_min(eps)
+        A = J / J.sum(1, keepdim=True)
+        mu = J.sum(1) / J.sum()
+        return EmissionForm(mu, A, C)
+    A = _transitions_from_operators(moments, U, R, eps)
+    return EmissionForm(_stationary(A, eps), A, C)
+
+
+def _transitions_from_operators(moments: Moments, U: torch.Tensor, R: torch.Tensor, eps: float) -> torch.Tensor:
+    """A from the HKZ operators when C cannot be inverted (V < S, windows).
+
+    In the basis U, the HKZ operators are ``B_x = Q T[x]^T Q^{-1}`` with ``Q = U^T O`` and ``T[x] = diag(C[:, x]) A``,
+    while the eigenvectors of AHK's operators are ``R = U^T O A^T D`` for an unknown positive diagonal D (the
+    future window after the middle token is ``O A^T``). So ``R^{-1} (sum_x B_x) R = D^{-1} A^T D = X``, and as A's
+    rows sum to 1, ``d = diag(D)`` is the eigenvector of ``X^T`` for the eigenvalue 1: ``A = D^{-1} X^T D``.
+    Needs A invertible. Projected to a stochastic matrix as in :func:`recover_emission_form`."""
+    B = (U.T @ moments.P31) @ torch.linalg.pinv(U.T @ moments.P21)  # sum_x B_x, [r, r]
+    X = (torch.linalg.inv(R) @ B.to(R.dtype) @ R).real
+    vals, vecs = torch.linalg.eig(X.T)
+    d = vecs[:, torch.argmin((vals - 1).abs())].real
+    d = d * torch.sign(d.sum())
+    A = (X.T * d[None, :] / d[:, None]).clamp_min(eps)
+    return A / A.sum(1, keepdim=True)
+
+
+def _stationary(A: torch.Tensor, eps: float) -> torch.Tensor:
+    vals, vecs = torch.linalg.eig(A.T)
+    mu = vecs[:, torch.argmin((vals - 1).abs())].real
+    mu = (mu * torch.sign(mu.sum())).clamp_min(eps)
+    return mu / mu.sum()

@@ -185,7 +185,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
 
 def test_a_study_fits_the_spectral_baseline_over_its_configured_windows():
     over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {},
-            "belief_net": {"max_steps": 2, "eval_every": 1}, "baum_welch": {"max_iter": 1}}
+            "belief_net": {"max_steps": 2, "eval_every": 1, "init": "spectral"}, "baum_welch": {"max_iter": 1}}
     for window, rank in ((1, 2), (2, 3)):  # rank min(S, V^window): single tokens allow only V = 2 < S = 3
         cfg = recovery_config_from_dict({**over, "spectral_window": window})
         got = run_seed(cfg, 0)["methods"]["spectral"]

@@ -242,6 +242,18 @@ def test_windows_on_sampled_data_beat_single_tokens_overcomplete():
     assert excess[1] > 1.0 and excess[3] < 0.1, excess
 
 
+@pytest.mark.parametrize("name,kw,window", [("cyclic", dict(n_states=6, n_tokens=3, seed=0), 2),
+                                             ("cyclic", dict(n_states=8, n_tokens=3, seed=1), 2),
+                                             ("random", dict(n_states=6, n_tokens=3, seed=2), 3)])
+def test_recover_emission_form_overcomplete_from_window_moments(name, kw, window):
+    hmm = H.get_process(name, **kw)
+    em = SP.recover_emission_form(SP.exact_moments(hmm, window=window), kw["n_states"],
+                                  generator=torch.Generator().manual_seed(0))
+    err = parameter_errors(hmm.to_emission(), em)  # after matching states
+    # exact up to the eps = 1e-8 floor that every zero of the sparse truth is lifted to
+    assert err["A_max_abs"] < 1e-7 and err["C_max_abs"] < 1e-7 and err["mu_l1"] < 1e-7, err
+
+
 def test_bad_inputs_raise_value_errors():
     hmm = H.get_process("cyclic", n_states=4, n_tokens=8, seed=1)
     m = SP.exact_moments(hmm)
@@ -295,7 +307,7 @@ def test_bad_inputs_raise_value_errors():
     m2 = SP.exact_moments(hmm, window=2)
     with pytest.raises(ValueError, match=r"rank 65 exceeds V\^window = 8\^2 = 64"):
         SP.SpectralHMM.fit(m2, 65)
-    with pytest.raises(ValueError, match="needs single-token moments"):
-        SP.recover_emission_form(m2, 4, generator=g)
+    with pytest.raises(ValueError, match=r"rank 65 exceeds V\^window"):
+        SP.recover_emission_form(m2, 65, generator=g)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         SP.SpectralHMM(model.U, model.b1, model.binf, model.B[:, :3])
