@@ -3,7 +3,8 @@ with the machine's matmul peak for scale.
 
 hmmlearn samples one long sequence and filters sequence by sequence, so it is timed on fewer
 tokens than ours; every row reports throughputs (per second), which do not depend on the size.
-Each time is the best of a few repetitions after a warm-up.
+Each time is the best of several repetitions after a warm-up (ours and hmmlearn's alike, repeated until half a
+second has been spent, so that a burst of other load does not decide a row).
 """
 
 from __future__ import annotations
@@ -20,16 +21,24 @@ from interp.hmm import HMM, filter_sequential, get_process
 TARGETS = {"sample": 200.0, "filter_s3": 8.0, "filter_s256": 50.0, "peak_fraction": 0.5}
 
 
-def _best(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> float:
+def _best(fn: Callable[[], object], reps: int, sync: Callable[[], None], min_seconds: float = 0.0,
+          max_reps: int = 100) -> float:
+    """Best time of ``fn`` over at least ``reps`` runs after a warm-up, and more (up to ``max_reps``) until
+    ``min_seconds`` have been spent, so that a short call is not judged on a few runs that a burst of other
+    load on the machine can all hit."""
     fn()  # warm-up
-    times = []
-    for _ in range(reps):
+    times: list[float] = []
+    while len(times) < reps or (sum(times) < min_seconds and len(times) < max_reps):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+# the sampler and filter rows, ours and hmmlearn's alike, repeat each call until this long has been spent
+_ROW_SECONDS = 0.5
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 3072, 4096),
@@ -60,18 +69,19 @@ def _row(name, ours, peer, ratio=None, target=None, ok=None) -> dict:
 
 
 def _filter_rows(label: str, hmm: HMM, n: int, n_peer: int, length: int, dev: torch.device, sync,
-                 peak64: float | None, target_key: str, reps: int) -> list[dict]:
+                 peak64: float | None, target_key: str, reps: int, row_seconds: float) -> list[dict]:
     tokens = hmm.sample(n, length, seed=1)
     on_dev, tokens_dev = hmm.to(dev), tokens.to(dev)
-    ours = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev), reps, sync)
+    ours = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev), reps, sync, row_seconds)
     # hmmlearn's score returns log-likelihoods only: the same work without writing n x L x S beliefs
-    ours_ll = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev, return_beliefs=False), reps, sync)
+    ours_ll = n * length / _best(lambda: filter_sequential(on_dev, tokens_dev, return_beliefs=False), reps, sync,
+                                 row_seconds)
     X = tokens[:n_peer].reshape(-1, 1).cpu().numpy()
     lengths = [length] * n_peer
     peers = {}
     for impl in ("scaling", "log"):
         model = hmmlearn_model(hmm, impl)
-        peers[impl] = n_peer * length / _best(lambda: model.score(X, lengths), 1, lambda: None)
+        peers[impl] = n_peer * length / _best(lambda: model.score(X, lengths), 1, lambda: None, row_seconds)
         ref = model.score(X, lengths)
         mine = float(filter_sequential(hmm, tokens[:n_peer], return_beliefs=False).log_likelihood.sum())
         if not np.isclose(mine, ref, rtol=1e-9, atol=0):
@@ -98,6 +108,7 @@ def run_hmm_bench(quick: bool = False, device: str = "cpu",
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     reps = 2 if quick else 5
+    row_seconds = 0.0 if quick else _ROW_SECONDS
     rows = []
 
     say("matmul peak")
@@ -110,26 +121,26 @@ def run_hmm_bench(quick: bool = False, device: str = "cpu",
     mess3 = get_process("mess3", x=0.15, a=0.6)
     n, length = (10_000, 64) if quick else (100_000, 64)
     m3 = mess3.to(dev)
-    ours = n * length / _best(lambda: m3.sample(n, length, seed=0), reps, sync)
+    ours = n * length / _best(lambda: m3.sample(n, length, seed=0), reps, sync, row_seconds)
     peer_tokens = 20_000 if quick else 200_000
     model = hmmlearn_model(mess3, "scaling")
-    peer = peer_tokens / _best(lambda: model.sample(peer_tokens, random_state=0), 1, lambda: None)
+    peer = peer_tokens / _best(lambda: model.sample(peer_tokens, random_state=0), 1, lambda: None, row_seconds)
     rows.append(_row(f"sample Mess3(0.15, 0.6), {n} x {length}", f"{ours / 1e6:.3g} M tokens/s",
                      f"hmmlearn sample {peer / 1e6:.3g} M tokens/s ({peer_tokens} tokens)", ours / peer,
                      f">= {TARGETS['sample']:g}x", ours / peer >= TARGETS["sample"]))
 
     say("filtering S=3")
     rows += _filter_rows("Mess3 S=3", mess3, 2_000 if quick else 10_000, 500 if quick else 2_000, 64, dev, sync,
-                         None, "filter_s3", reps)
+                         None, "filter_s3", reps, row_seconds)
     say("filtering S=256")
     big = get_process("random", n_states=256, n_tokens=16, seed=0)
     rows += _filter_rows("random S=256 V=16", big, 200 if quick else 2_000, 4 if quick else 20, 64, dev, sync,
-                         peak64 if dev.type == "cpu" else None, "filter_s256", reps)
+                         peak64 if dev.type == "cpu" else None, "filter_s256", reps, row_seconds)
     if not quick:
         say("filtering S=1024")
         huge = get_process("random", n_states=1024, n_tokens=16, seed=0)
         rows += _filter_rows("random S=1024 V=16", huge, 400, 2, 64, dev, sync,
-                             peak64 if dev.type == "cpu" else None, "filter_s256", 3)
+                             peak64 if dev.type == "cpu" else None, "filter_s256", 3, row_seconds)
     return rows
 
 

@@ -50,3 +50,24 @@ def test_filter_method_and_blocked_benchmarks_report_every_cell(capsys):
     assert main(["bench", "--suite", "blocked", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "blocked filter S=2048" in out and "share of float64 matmul peak" in out
+
+
+def test_best_repeats_until_the_time_budget_and_returns_the_fastest(monkeypatch):
+    import interp.bench_hmm as B
+
+    clock = [0.0]
+    monkeypatch.setattr(B.time, "perf_counter", lambda: clock[0])  # a call takes exactly what fn adds
+    calls, durations = [], iter([4.0, 3.0, 1.0, 2.0] + [3.0] * 100)
+
+    def fn():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    assert B._best(fn, 2, lambda: None) == 1.0  # the warm-up (4) is not timed; best of 3 and 1
+    assert len(calls) == 3
+    calls.clear()
+    assert B._best(fn, 2, lambda: None, min_seconds=30.0) == 3.0  # warm-up 2, then 3 s calls until 30 s spent
+    assert len(calls) == 1 + 10
+    calls.clear()
+    B._best(fn, 1, lambda: None, min_seconds=1e9, max_reps=4)
+    assert len(calls) == 1 + 4
