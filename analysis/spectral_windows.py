@@ -12,6 +12,7 @@ into the study folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -19,16 +20,14 @@ from pathlib import Path
 from interp import hmm as H
 from interp.config import ConfigError
 from interp.io import read_json, write_json
-from interp.recovery import SPECTRAL_MAX_ENTRIES, fit_spectral, recovery_config_from_dict, study_data
+from interp.recovery import fit_spectral, recovery_config_from_dict, study_data
 
 
 def run(study: Path, windows: list[int], seeds: list[int] | None, log=print) -> dict:
     cfg = recovery_config_from_dict(read_json(study / "config.json"))
     V, S = cfg.hmm.n_tokens, cfg.hmm.n_states
-    for w in windows:
-        if w < 1 or V ** (2 * w + 1) > SPECTRAL_MAX_ENTRIES or cfg.data.length < 2 * w + 1:
-            raise ConfigError(f"window {w} does not fit this study (V = {V}, length {cfg.data.length}; "
-                              f"V^(2 window + 1) must stay under {SPECTRAL_MAX_ENTRIES:,})")
+    for w in windows:  # the config's own checks: window length and moment size
+        dataclasses.replace(cfg, spectral=True, spectral_window=w)
     rows = []
     for seed in seeds if seeds is not None else list(cfg.seeds):
         hmm, train, heldout = study_data(cfg, seed)
