@@ -33,7 +33,7 @@ def run(study: Path, windows: list[int], seeds: list[int] | None, log=print) -> 
         hmm, train, heldout = study_data(cfg, seed)
         true_nll = float(-H.log_likelihood(hmm, heldout).sum() / heldout.numel())
         for w in windows:
-            res = fit_spectral(train, heldout, S, V, w)
+            res, _ = fit_spectral(train, heldout, S, V, w)
             rows.append({"seed": seed, **res, "excess_nll": res["heldout_nll"] - true_nll,
                          "recovered": res["heldout_nll"] - true_nll <= cfg.epsilon})
             log(f"seed {seed}, window {w} (rank {res['rank']}): {rows[-1]['excess_nll']:.4f} nats/token above "

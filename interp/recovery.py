@@ -373,16 +373,18 @@ def study_data(cfg: RecoveryConfig, seed: int) -> tuple[H.HMM, torch.Tensor, tor
     return hmm, train, heldout
 
 
-def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int) -> dict:
-    """HKZ observable operators over ``window``-token windows at rank min(S, V^window): held-out NLL per token."""
+def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int):
+    """HKZ observable operators over ``window``-token windows at rank min(S, V^window): (result with the held-out
+    NLL per token, the moments it was fitted to, for a spectral start to reuse)."""
     from interp import spectral as SP
 
     t0 = time.perf_counter()
     rank = min(n_states, n_tokens ** window)
-    model = SP.SpectralHMM.fit(SP.empirical_moments(train, n_tokens, window=window), rank)
+    moments = SP.empirical_moments(train, n_tokens, window=window)
+    model = SP.SpectralHMM.fit(moments, rank)
     seconds = time.perf_counter() - t0
     nll = float(-model.log_likelihood(heldout).sum() / heldout.numel())
-    return {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}
+    return {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}, moments
 
 
 def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda m: None) -> dict:
@@ -395,9 +397,9 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
     out = {"seed": seed, "true_heldout_nll": true_nll, "true_train_nll": true_train_nll, "methods": {}}
 
     needs_spectral = cfg.belief_net.init == "spectral" or cfg.ablation.spectral
-    spectral_params = None
+    spectral_params, moments = None, None
     if cfg.spectral:
-        res = fit_spectral(train, heldout, S, V, cfg.spectral_window)
+        res, moments = fit_spectral(train, heldout, S, V, cfg.spectral_window)
         nll = res["heldout_nll"]
         out["methods"]["spectral"] = {**res, "excess_nll": nll - true_nll, "recovered": nll - true_nll <= cfg.epsilon}
         window = f", {cfg.spectral_window}-token windows" if cfg.spectral_window > 1 else ""
@@ -406,7 +408,8 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
         from interp import spectral as SP
 
         w = cfg.spectral_window
-        moments = SP.empirical_moments(train, V, window=w)
+        if moments is None:
+            moments = SP.empirical_moments(train, V, window=w)
         k = min(S, V ** w)
         spectral_params = SP.recover_emission_form(moments, k, generator=torch.Generator().manual_seed(seed))
         if S > k:  # a rank-k estimate has k states: pad with copies so the Belief Net keeps S states
