@@ -147,6 +147,44 @@ def test_general_grouped_path_matches_brute_force_and_scan():
 
 
 # ------------------------------------------------------------------------- hmmlearn
+@pytest.mark.parametrize("name", ["z1r", "z1r-nonstationary", "random-emission", "mess3", "mess3-nonstationary"])
+def test_shared_prefix_tables_match_brute_force(name, monkeypatch):
+    """The first positions filtered once per distinct prefix (forced on for small HMMs, unpacked) give every
+    sequence the beliefs and normalisers of the definition, on both emission sides."""
+    monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
+    monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0)
+    h = ORACLE_CASES[name]
+    x = h.sample(64, 6, seed=3)
+    shared = filtering._shared_prefix_length(64, 6, h.n_states, h.n_tokens, h.device)
+    assert shared == (4 if h.n_tokens == 2 else 2)
+    res = filter_sequential(h, x)
+    T, init = h.T.numpy(), h.initial.numpy()
+    for k in range(x.shape[0]):
+        bel, logp, _ = brute_force(T, init, x[k].tolist(), next_tokens=False)
+        assert_close(res.beliefs[k], torch.as_tensor(bel), rtol=0, atol=1e-12)
+        assert_close(res.log_normalizers[k], torch.as_tensor(np.diff(logp, prepend=0.0)), rtol=0, atol=1e-12)
+    monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", math.inf)
+    assert filtering._shared_prefix_length(64, 6, h.n_states, h.n_tokens, h.device) == 0
+    plain = filter_sequential(h, x)
+    assert_close(res.log_likelihood, plain.log_likelihood, rtol=1e-14, atol=0)
+
+
+def test_shared_prefix_tables_mark_impossible_prefixes(monkeypatch):
+    """Every position from the prefix tables (L = 3 <= shared), impossible prefixes among them."""
+    monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
+    monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0)
+    h = get_process("z1r")
+    x = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 1, 1], [1, 1, 0]]).repeat(8, 1)
+    assert filtering._shared_prefix_length(32, 3, 3, 2, h.device) == 3
+    res = filter_sequential(h, x)
+    ll = res.log_likelihood.view(8, 4)
+    assert (ll[:, [0, 2]] == -math.inf).all()
+    assert_close(ll[:, 1], torch.full((8,), math.log(1 / 6), dtype=torch.float64), rtol=1e-15, atol=0)
+    assert_close(ll[:, 3], torch.full((8,), math.log(1 / 6), dtype=torch.float64), rtol=1e-15, atol=0)
+    assert_close(res.beliefs[1], f64([[1 / 3, 2 / 3, 0], [0, 0, 1], [1, 0, 0]]), rtol=0, atol=1e-15)
+    assert_close(res.beliefs[0, :2], f64([[1 / 3, 2 / 3, 0], [0, 1, 0]]), rtol=0, atol=1e-15)
+
+
 def _hmmlearn_model(mu, A, C) -> CategoricalHMM:
     m = CategoricalHMM(n_components=A.shape[0], n_features=C.shape[1])
     m.startprob_, m.transmat_, m.emissionprob_ = mu, A, C
