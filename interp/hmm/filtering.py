@@ -142,7 +142,7 @@ def _prefix_tables(hmm: HMM, first: torch.Tensor, side: str, A: torch.Tensor, C:
         u = (eta * e) @ A if side == "source" else (eta @ A).mul_(e)
         z = u.sum(1)
         eta = u.div_(z[:, None])
-        code = code.mul_(V).add_(x)
+        code = code * V + x  # a new tensor: the caller may still hold the last one
         yield eta, z, code
 
 
@@ -206,7 +206,7 @@ def _filter_emission(hmm: HMM, tokens: torch.Tensor, side: str, A: torch.Tensor,
     r = torch.empty(n, dtype=torch.float64, device=dev)
     eta = hmm.initial.expand(n, S)
     shared = _shared_prefix_length(n, L, S, V, dev)
-    for t, (table, z_table, prefix) in enumerate(_prefix_tables(hmm, tok[:shared].clone(), side, A, C)):
+    for t, (table, z_table, prefix) in enumerate(_prefix_tables(hmm, tok[:shared], side, A, C)):
         torch.index_select(z_table, 0, prefix, out=z[t])
         eta = torch.index_select(table, 0, prefix, out=steps[t])
     if side == "source":
