@@ -1,5 +1,6 @@
 """Exact filtering: a brute-force oracle, hmmlearn, sequential vs scan, golden values, bad input."""
 
+import contextlib
 import functools
 import itertools
 import math
@@ -21,10 +22,35 @@ from interp.hmm import (
     log_likelihood,
     next_token_probs,
 )
-from interp.hmm import filtering
+from interp.hmm import filtering, native
 
-FILTERS = [filter_sequential, filter_scan]
-FILTER_IDS = ["sequential", "scan"]
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def filter_sequential_fused(h, x, **kw):
+    """The sequential filter with BLAS products and the compiled fused step at every size (no one-call kernel)."""
+    with _patched(filtering, "_NATIVE_SMALL_MAX_STATES", 0):
+        return filter_sequential(h, x, **kw)
+
+
+def filter_sequential_torch(h, x, **kw):
+    """The sequential filter without compiled kernels: torch operations only (packed rows for small S)."""
+    with _patched(native, "enabled", lambda: False):
+        return filter_sequential(h, x, **kw)
+
+
+# filter_sequential itself runs the one-call compiled filter for small S on CPU (interp.hmm.native).
+FILTERS = [filter_sequential, filter_sequential_fused, filter_sequential_torch, filter_scan]
+FILTER_IDS = ["sequential", "sequential-fused", "sequential-torch", "scan"]
 
 
 def f64(x) -> torch.Tensor:
@@ -147,11 +173,20 @@ def test_general_grouped_path_matches_brute_force_and_scan():
 
 
 # ------------------------------------------------------------------------- hmmlearn
+def _one_product_per_step(monkeypatch, compiled: bool) -> None:
+    """Route small HMMs through the (n, S) @ (S, S) filter, with the compiled fused step or torch operations."""
+    monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 0)
+    monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
+    if not compiled:
+        monkeypatch.setattr(native, "enabled", lambda: False)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused", "torch"])
 @pytest.mark.parametrize("name", ["z1r", "z1r-nonstationary", "random-emission", "mess3", "mess3-nonstationary"])
-def test_shared_prefix_tables_match_brute_force(name, monkeypatch):
+def test_shared_prefix_tables_match_brute_force(name, compiled, monkeypatch):
     """The first positions filtered once per distinct prefix (forced on for small HMMs, unpacked) give every
     sequence the beliefs and normalisers of the definition, on both emission sides."""
-    monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
+    _one_product_per_step(monkeypatch, compiled)
     monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0)
     h = ORACLE_CASES[name]
     x = h.sample(64, 6, seed=3)
@@ -169,9 +204,10 @@ def test_shared_prefix_tables_match_brute_force(name, monkeypatch):
     assert_close(res.log_likelihood, plain.log_likelihood, rtol=1e-14, atol=0)
 
 
-def test_shared_prefix_tables_mark_impossible_prefixes(monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused", "torch"])
+def test_shared_prefix_tables_mark_impossible_prefixes(compiled, monkeypatch):
     """Every position from the prefix tables (L = 3 <= shared), impossible prefixes among them."""
-    monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
+    _one_product_per_step(monkeypatch, compiled)
     monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0)
     h = get_process("z1r")
     x = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 1, 1], [1, 1, 0]]).repeat(8, 1)

@@ -1,0 +1,226 @@
+// Compiled CPU kernels for the emission-form forward filter (built and loaded by interp/hmm/native.py).
+//
+// T[x, i, j] = C[i, x] A[i, j] ("source") or A[i, j] C[j, x] ("destination"); one filter step is
+//   source:       u = (eta * C[:, x]) @ A,  z = sum(u),  eta' = u / z
+//   destination:  u = (eta @ A) * C[:, x],  z = sum(u),  eta' = u / z
+// with z = P(x | past). An impossible token gives z = 0 and NaN beliefs from then on (1 / 0 = inf,
+// 0 * inf = NaN), as the torch filter does: build without -ffast-math.
+//
+// The OpenMP regions run on the caller's OpenMP runtime: native.py links torch's own libgomp, so these
+// kernels and torch's operations share one thread pool instead of two competing for the cores.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// dst[0 .. count) = src[0 .. count) with streaming (non-temporal) stores where the CPU has them: beliefs
+// are written once and read much later, and a plain store first reads each line into the cache (on a
+// 2-core machine at S = 256, writing 262 MB of beliefs that way cost as much as 20% of the filter).
+inline void stream_copy(double* dst, const double* src, int64_t count) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  constexpr int64_t kLanes = 8;
+#elif defined(__AVX__)
+  constexpr int64_t kLanes = 4;
+#elif defined(__SSE2__)
+  constexpr int64_t kLanes = 2;
+#endif
+#if defined(__SSE2__)
+  for (; i < count && reinterpret_cast<uintptr_t>(dst + i) % (8 * kLanes) != 0; ++i) dst[i] = src[i];
+  for (; i + kLanes <= count; i += kLanes) {
+#if defined(__AVX512F__)
+    _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+#elif defined(__AVX__)
+    _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+#else
+    _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+  }
+#endif
+  for (; i < count; ++i) dst[i] = src[i];
+}
+
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before the region ends
+#endif
+}
+
+constexpr int64_t kBlock = 256;  // sequences filtered together; their (S, kBlock) beliefs stay in cache
+
+// Filter sequences r0 .. r0 + m - 1 through all L positions. SS > 0 fixes S at compile time.
+template <int SS>
+void filter_block(const int64_t* tokens, const double* initial, const double* A, const double* w,
+                  const double* C, int64_t V, bool source, double* beliefs, double* norms, int64_t n,
+                  int64_t L, int64_t S_runtime, int64_t r0, int64_t m, double* B, double* U, double* z,
+                  int64_t* X) {
+  const int64_t S = SS > 0 ? SS : S_runtime;
+  for (int64_t r = 0; r < m; ++r)  // the block's tokens, time-major
+    for (int64_t t = 0; t < L; ++t) X[t * kBlock + r] = tokens[(r0 + r) * L + t];
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t r = 0; r < m; ++r) B[i * kBlock + r] = initial[i];
+
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t* x = X + t * kBlock;
+    for (int64_t r = 0; r < m; ++r) z[r] = 0.0;
+    if (source) {
+      for (int64_t i = 0; i < S; ++i) {  // u = eta * C[:, x], normaliser (u @ A) @ 1 = u @ w
+        const double* Ci = C + i * V;
+        const double wi = w[i];
+        double* Bi = B + i * kBlock;
+        double* Ui = U + i * kBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < m; ++r) {
+          const double v = Bi[r] * Ci[x[r]];
+          Ui[r] = v;
+          z[r] += v * wi;
+        }
+      }
+      for (int64_t j = 0; j < S; ++j) {  // eta' = u @ A (scaled below)
+        double* Bj = B + j * kBlock;
+        for (int64_t r = 0; r < m; ++r) Bj[r] = 0.0;
+        for (int64_t i = 0; i < S; ++i) {
+          const double a = A[i * S + j];
+          const double* Ui = U + i * kBlock;
+#pragma omp simd
+          for (int64_t r = 0; r < m; ++r) Bj[r] += Ui[r] * a;
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < S; ++j) {  // u = eta @ A
+        double* Uj = U + j * kBlock;
+        for (int64_t r = 0; r < m; ++r) Uj[r] = 0.0;
+        for (int64_t i = 0; i < S; ++i) {
+          const double a = A[i * S + j];
+          const double* Bi = B + i * kBlock;
+#pragma omp simd
+          for (int64_t r = 0; r < m; ++r) Uj[r] += Bi[r] * a;
+        }
+      }
+      for (int64_t j = 0; j < S; ++j) {  // eta' = u * C[:, x] (scaled below)
+        const double* Cj = C + j * V;
+        const double* Uj = U + j * kBlock;
+        double* Bj = B + j * kBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < m; ++r) {
+          const double v = Uj[r] * Cj[x[r]];
+          Bj[r] = v;
+          z[r] += v;
+        }
+      }
+    }
+    double* norms_t = norms + t * n + r0;
+    for (int64_t r = 0; r < m; ++r) {
+      norms_t[r] = z[r];
+      z[r] = 1.0 / z[r];
+    }
+    for (int64_t j = 0; j < S; ++j) {
+      double* Bj = B + j * kBlock;
+#pragma omp simd
+      for (int64_t r = 0; r < m; ++r) Bj[r] *= z[r];
+    }
+    if (beliefs != nullptr) {  // (S, m) block -> the (m, S) rows of position t, through U as staging
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < S; ++j) U[r * S + j] = B[j * kBlock + r];
+      stream_copy(beliefs + (t * n + r0) * S, U, m * S);
+    }
+  }
+}
+
+using BlockFn = void (*)(const int64_t*, const double*, const double*, const double*, const double*, int64_t,
+                         bool, double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t, double*, double*,
+                         double*, int64_t*);
+
+BlockFn block_fn(int64_t S) {
+  switch (S) {
+    case 2: return filter_block<2>;
+    case 3: return filter_block<3>;
+    case 4: return filter_block<4>;
+    case 5: return filter_block<5>;
+    case 6: return filter_block<6>;
+    default: return filter_block<0>;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// The whole filter for n sequences of L tokens (tokens (n, L), row-major, each in [0, V)).
+// initial (S,), A (S, S), C (S, V); writes norms (L, n) and, unless null, beliefs (L, n, S).
+void interp_filter_small(const int64_t* tokens, const double* initial, const double* A, const double* C,
+                         int64_t n, int64_t L, int64_t S, int64_t V, int32_t source, double* beliefs,
+                         double* norms, int32_t n_threads) {
+  std::vector<double> w(S, 0.0);  // row sums of A: the source side's normaliser weights
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < S; ++j) w[i] += A[i * S + j];
+  const BlockFn fn = block_fn(S);
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, blocks)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<double> B(S * kBlock), U(S * kBlock), z(kBlock);
+    std::vector<int64_t> X(L * kBlock);
+#pragma omp for schedule(static) nowait
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kBlock;
+      fn(tokens, initial, A, w.data(), C, V, source != 0, beliefs, norms, n, L, S, r0,
+         std::min(kBlock, n - r0), B.data(), U.data(), z.data(), X.data());
+    }
+    stream_fence();
+  }
+}
+
+// One pass of a step for large S: for every row r, with e = a[r] * table[tokens[r]],
+// norm[r] = e @ weights and out[r] = e / norm[r]. a, out (n, S); table (V, S); out may alias a.
+// Unless null, copy (n, S) receives a streamed copy of a (copy_input) or of out: the belief of a position
+// goes to the result buffer from here, while the step's product and this pass work in cache.
+void interp_emit_normalise(const double* a, const double* table, const int64_t* tokens, const double* weights,
+                           double* out, double* norm, int64_t n, int64_t S, double* copy, int32_t copy_input,
+                           int32_t n_threads) {
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, n)));
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < n; ++r) {
+      const double* row = table + tokens[r] * S;
+      const double* ar = a + r * S;
+      double* o = out + r * S;
+      if (copy != nullptr && copy_input) stream_copy(copy + r * S, ar, S);
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < S; ++i) {
+        const double v = ar[i] * row[i];
+        o[i] = v;
+        s += v * weights[i];
+      }
+      norm[r] = s;
+      const double inv = 1.0 / s;
+#pragma omp simd
+      for (int64_t i = 0; i < S; ++i) o[i] *= inv;
+      if (copy != nullptr && !copy_input) stream_copy(copy + r * S, o, S);
+    }
+    stream_fence();
+  }
+}
+
+// dst = src (count doubles) with streaming stores.
+void interp_stream_copy(const double* src, double* dst, int64_t count, int32_t n_threads) {
+  const int64_t chunk = 1 << 16;
+  const int64_t chunks = (count + chunk - 1) / chunk;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, chunks)));
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < chunks; ++c)
+      stream_copy(dst + c * chunk, src + c * chunk, std::min(chunk, count - c * chunk));
+    stream_fence();
+  }
+}
+
+}  // extern "C"

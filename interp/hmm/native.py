@@ -1,0 +1,174 @@
+"""Compiled CPU kernels for the forward filter (``kernels.cpp``), built on first use with the machine's C++
+compiler and cached.
+
+Why: torch runs a filter step as separate operations. With few states each costs a few microseconds of
+fixed overhead whatever its size (Mess3: six per position); with many states the emission factor and its
+normaliser are four passes over the (n, S) beliefs beside the product. One compiled loop over all
+positions (few states) or one fused pass per step (many states) removes that.
+
+The library is linked against torch's own OpenMP runtime, so its parallel regions use the same threads as
+torch's operations (numba, with a second runtime, lost most of its gain to the two pools contending for the
+cores). It is built with ``-march=native`` into ``$INTERP_CACHE_DIR`` (default ``~/.cache/interp``) under a
+name keyed by the source, compiler, flags, torch and CPU, written atomically. Without a compiler (``$CXX``,
+else ``g++`` or ``c++``), or with ``INTERP_NATIVE=0``, :func:`library` returns None and the filter uses its
+torch implementation, which gives the same results; a failed build warns once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("kernels.cpp")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_SIGNATURES = {
+    "interp_filter_small": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I32, _P, _P, _I32],
+    "interp_emit_normalise": [_P, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _I32],
+    "interp_stream_copy": [_P, _P, _I64, _I32],
+}
+
+
+def enabled() -> bool:
+    """False when ``INTERP_NATIVE=0`` asks for the torch filter only."""
+    return os.environ.get("INTERP_NATIVE", "1") != "0"
+
+
+def compiler() -> str | None:
+    """The C++ compiler to build with: ``$CXX``, else ``g++`` or ``c++`` on the PATH."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx)
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("INTERP_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interp"
+
+
+def _torch_openmp() -> Path | None:
+    """torch's bundled OpenMP runtime, if it ships one (Linux wheels do)."""
+    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    return lib if lib.exists() else None
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() + platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _build(cxx: str) -> Path:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    gomp = _torch_openmp()
+    link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp is not None else []
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cxx, version, *_FLAGS, *link, torch.__version__,
+                                    _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        run = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp, *link], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{cxx} failed to build {_SOURCE.name}:\n{run.stderr[-2000:]}")
+        os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on first use; None without a compiler or when disabled."""
+    if not enabled():
+        return None
+    cxx = compiler()
+    if cxx is None:
+        return None
+    with _lock:
+        if cxx not in _loaded:
+            try:
+                lib = ctypes.CDLL(str(_build(cxx)))
+                for name, args in _SIGNATURES.items():
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = args, None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                warnings.warn(f"interp: compiled filter kernels unavailable, using torch ({err})", RuntimeWarning,
+                              stacklevel=2)
+                lib = None
+            _loaded[cxx] = lib
+        return _loaded[cxx]
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous CPU {dtype} tensor of shape {shape}, got {t.dtype} "
+                         f"{tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
+    return t.data_ptr()
+
+
+def filter_small(lib: ctypes.CDLL, tokens: torch.Tensor, initial: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
+                 side: str, beliefs: torch.Tensor | None, norms: torch.Tensor) -> None:
+    """The whole emission-form filter in one call: fills norms (L, n) with ``P(x_t | x_<t)`` and, unless None,
+    beliefs (L, n, S) with the posterior after token t (time-major buffers).
+
+    tokens: (n, L) int64, each in [0, V) (not checked here); initial (S,), A (S, S), C (S, V): float64.
+    side: "source" (``T[x, i, j] = C[i, x] A[i, j]``) or "destination" (``A[i, j] C[j, x]``)."""
+    n, L = tokens.shape
+    S, V = C.shape
+    f8 = torch.float64
+    lib.interp_filter_small(
+        _check("tokens", tokens, torch.int64, (n, L)), _check("initial", initial, f8, (S,)),
+        _check("A", A, f8, (S, S)), _check("C", C, f8, (S, V)), n, L, S, V, int(side == "source"),
+        None if beliefs is None else _check("beliefs", beliefs, f8, (L, n, S)),
+        _check("norms", norms, f8, (L, n)), torch.get_num_threads())
+
+
+def emit_normalise(lib: ctypes.CDLL, a: torch.Tensor, table: torch.Tensor, tokens: torch.Tensor,
+                   weights: torch.Tensor, out: torch.Tensor, norm: torch.Tensor, *, copy: torch.Tensor | None = None,
+                   copy_input: bool = False) -> torch.Tensor:
+    """For every row r: ``norm[r] = (a[r] * table[tokens[r]]) @ weights`` and
+    ``out[r] = a[r] * table[tokens[r]] / norm[r]``; returns out. Unless None, ``copy`` receives a copy of a
+    (``copy_input``) or of out, written with streaming stores (it is not read back soon).
+
+    a, out, copy: (n, S); table: (V, S); weights: (S,); norm: (n,) float64; tokens: (n,) int64 in [0, V) (not
+    checked here). ``out`` may be ``a``; ``copy`` must not overlap them."""
+    n, S = a.shape
+    V = table.shape[0]
+    f8 = torch.float64
+    lib.interp_emit_normalise(
+        _check("a", a, f8, (n, S)), _check("table", table, f8, (V, S)), _check("tokens", tokens, torch.int64, (n,)),
+        _check("weights", weights, f8, (S,)), _check("out", out, f8, (n, S)), _check("norm", norm, f8, (n,)),
+        n, S, None if copy is None else _check("copy", copy, f8, (n, S)), int(copy_input), torch.get_num_threads())
+    return out
+
+
+def stream_copy(lib: ctypes.CDLL, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src)`` for contiguous float64 CPU tensors of one shape, with streaming stores."""
+    shape = tuple(src.shape)
+    lib.interp_stream_copy(_check("src", src, torch.float64, shape), _check("dst", dst, torch.float64, shape),
+                           src.numel(), torch.get_num_threads())
+    return dst
