@@ -114,6 +114,22 @@ def test_fused_step_matches_torch_at_many_states(side):
 
 
 @needs_compiler
+@pytest.mark.parametrize("shared", [False, True], ids=["from-initial", "after-prefix-tables"])
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_streamed_beliefs_match_torch(side, shared, monkeypatch):
+    """Rows of at least _STREAM_MIN_STATES states go through cache-resident buffers and are streamed into the
+    result, also right after positions filled from the shared-prefix tables."""
+    S = filtering._STREAM_MIN_STATES
+    monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0 if shared else math.inf)
+    h = get_process("random", n_states=S, n_tokens=3, seed=5) if side == "source" else destination_hmm(S, 3, 5)
+    x = h.sample(120, 7, seed=4)
+    assert filtering._shared_prefix_length(120, 7, S, 3, h.device) == (3 if shared else 0)
+    ours, ref = filter_sequential(h, x), torch_filter(h, x)
+    assert_close(ours.beliefs, ref.beliefs, rtol=0, atol=1e-14)
+    assert_close(ours.log_normalizers, ref.log_normalizers, rtol=0, atol=1e-13)
+
+
+@needs_compiler
 def test_emit_normalise_against_its_definition():
     lib = native.library()
     g = torch.Generator().manual_seed(0)

@@ -227,7 +227,8 @@ def _filter_emission(hmm: HMM, tokens: torch.Tensor, side: str, A: torch.Tensor,
         for t in range(shared, L):
             dst = hot[t % 2] if hot is not None else steps[t]
             if side == "source":  # normalise the small operand: the product writes the belief
-                a = eta if hot is not None else e  # a hot belief is not needed after the pass: work in place
+                # A belief in a hot buffer is not needed after the pass: work in place (not on a result slot).
+                a = eta if hot is not None and any(eta is h for h in hot) else e
                 native.emit_normalise(lib, eta, CT, tok[t], w, a, z[t], copy=pending, copy_input=True)
                 eta = torch.mm(a, A, out=dst)
                 pending = steps[t] if hot is not None else None
