@@ -53,7 +53,7 @@ def test_one_call_filter_matches_torch(S, side, monkeypatch):
     monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 16)
     h = get_process("random", n_states=S, n_tokens=4, seed=S) if side == "source" else destination_hmm(S, 4, S)
     assert h.factorization[0] == ("source" if S == 1 else side)  # with one state both forms hold
-    for n, L in [(1, 1), (255, 7), (256, 3), (257, 5), (700, 2)]:
+    for n, L in [(1, 1), (255, 7), (256, 3), (257, 5), (700, 2), (3, 150), (300, 129)]:  # L past 64 and 128
         x = h.sample(n, L, seed=n)
         ours, ref = filter_sequential(h, x), torch_filter(h, x)
         assert_close(ours.beliefs, ref.beliefs, rtol=0, atol=1e-14)

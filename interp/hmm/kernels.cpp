@@ -52,6 +52,7 @@ inline void stream_fence() {
 }
 
 constexpr int64_t kBlock = 256;  // sequences filtered together; their (S, kBlock) beliefs stay in cache
+constexpr int64_t kSpan = 64;    // positions whose tokens are transposed at a time (bounded scratch at any L)
 
 // Filter sequences r0 .. r0 + m - 1 through all L positions. SS > 0 fixes S at compile time.
 template <int SS>
@@ -60,13 +61,16 @@ void filter_block(const int64_t* tokens, const double* initial, const double* A,
                   int64_t L, int64_t S_runtime, int64_t r0, int64_t m, double* B, double* U, double* z,
                   int64_t* X) {
   const int64_t S = SS > 0 ? SS : S_runtime;
-  for (int64_t r = 0; r < m; ++r)  // the block's tokens, time-major
-    for (int64_t t = 0; t < L; ++t) X[t * kBlock + r] = tokens[(r0 + r) * L + t];
   for (int64_t i = 0; i < S; ++i)
     for (int64_t r = 0; r < m; ++r) B[i * kBlock + r] = initial[i];
 
   for (int64_t t = 0; t < L; ++t) {
-    const int64_t* x = X + t * kBlock;
+    if (t % kSpan == 0) {  // the block's tokens for the next kSpan positions, time-major
+      const int64_t span = std::min(kSpan, L - t);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t k = 0; k < span; ++k) X[k * kBlock + r] = tokens[(r0 + r) * L + t + k];
+    }
+    const int64_t* x = X + (t % kSpan) * kBlock;
     for (int64_t r = 0; r < m; ++r) z[r] = 0.0;
     if (source) {
       for (int64_t i = 0; i < S; ++i) {  // u = eta * C[:, x], normaliser (u @ A) @ 1 = u @ w
@@ -165,7 +169,7 @@ void interp_filter_small(const int64_t* tokens, const double* initial, const dou
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> B(S * kBlock), U(S * kBlock), z(kBlock);
-    std::vector<int64_t> X(L * kBlock);
+    std::vector<int64_t> X(kSpan * kBlock);
 #pragma omp for schedule(static) nowait
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kBlock;
