@@ -158,7 +158,7 @@ def run_filter_method_bench(quick: bool = False, device: str = "cpu",
                             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Both filters over a grid of (states, sequences, length): which is faster, and whether ``method="auto"``
     (:func:`interp.hmm.filtering.choose_method`) picks it. A pick within 10% of the faster counts as right."""
-    from interp.hmm.filtering import _SCAN_MAX_BYTES, choose_method, filter_scan
+    from interp.hmm.filtering import _SCAN_MAX_BYTES, _compiled, choose_method, filter_scan
 
     say = progress or (lambda msg: None)
     dev = torch.device(device)
@@ -176,7 +176,7 @@ def run_filter_method_bench(quick: bool = False, device: str = "cpu",
                 tokens = hmm.sample(n, L, seed=0).to(dev)
                 reps = 3 if n * L * S * S < 10**8 else 1
                 seq = _best(lambda: filter_sequential(on_dev, tokens, return_beliefs=False), reps, sync)
-                pick = choose_method(n, L, S)
+                pick = choose_method(n, L, S, compiled=_compiled(on_dev))
                 name = f"filter S={S}, {n} x {L}: sequential vs scan"
                 if 4 * 8 * n * L * S * S > _SCAN_MAX_BYTES:
                     rows.append(_row(name, f"sequential {seq * 1e3:.3g} ms", "scan not run (> 1 GiB)", None,

@@ -38,7 +38,7 @@ def _patched(obj, name, value):
 
 def filter_sequential_fused(h, x, **kw):
     """The sequential filter with BLAS products and the compiled fused step at every size (no one-call kernel)."""
-    with _patched(filtering, "_NATIVE_SMALL_MAX_STATES", 0):
+    with _patched(filtering, "_NATIVE_SMALL_MAX_STATES", 0), _patched(filtering, "_NATIVE_ONE_CALL_MAX_WORK", 0):
         return filter_sequential(h, x, **kw)
 
 
@@ -176,6 +176,7 @@ def test_general_grouped_path_matches_brute_force_and_scan():
 def _one_product_per_step(monkeypatch, compiled: bool) -> None:
     """Route small HMMs through the (n, S) @ (S, S) filter, with the compiled fused step or torch operations."""
     monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 0)
+    monkeypatch.setattr(filtering, "_NATIVE_ONE_CALL_MAX_WORK", 0)
     monkeypatch.setattr(filtering, "_pack_size", lambda hmm: 1)
     if not compiled:
         monkeypatch.setattr(native, "enabled", lambda: False)
@@ -293,18 +294,32 @@ def test_forward_filter_dispatch_and_return_beliefs_false():
     assert_close(log_likelihood(h, x, method="scan"), log_likelihood(h, x), rtol=1e-12, atol=0)
 
 
-def test_auto_takes_the_scan_only_for_a_few_long_sequences_of_a_small_hmm():
+def test_auto_takes_the_scan_only_for_a_few_long_sequences_of_a_small_hmm_in_torch(monkeypatch):
     from interp.hmm.filtering import choose_method
 
     assert choose_method(1, 4096, 3) == choose_method(1, 1024, 16) == choose_method(16, 1024, 3) == "scan"
     assert choose_method(256, 1024, 3) == choose_method(1, 1024, 64) == choose_method(16, 64, 16) == "sequential"
     assert choose_method(1, 10**7, 3) == "sequential"  # the scan's (n, L, S, S) working set would pass 1 GiB
+    monkeypatch.setattr(native, "enabled", lambda: False)  # no compiled kernels: the torch cost model
     h = get_process("z1r")
     x = h.sample(2, 3000, seed=0)
     auto, scan, seq = forward_filter(h, x), filter_scan(h, x), filter_sequential(h, x)
     assert torch.equal(auto.log_normalizers, scan.log_normalizers)  # it took the scan ...
     assert_close(auto.beliefs, seq.beliefs, rtol=0, atol=1e-10)  # ... which agrees with the sequential filter
     assert_close(auto.log_likelihood, seq.log_likelihood, rtol=1e-10, atol=0)
+
+
+def test_auto_takes_the_sequential_filter_with_compiled_kernels():
+    from interp.hmm.filtering import _compiled, choose_method
+
+    assert {choose_method(n, L, S, compiled=True) for n, L, S in [(1, 4096, 3), (1, 1024, 16), (256, 64, 64)]} == {
+        "sequential"}
+    h = get_process("z1r")
+    assert _compiled(h) == (native.library() is not None)
+    assert not _compiled(get_process("rrxor"))  # no emission form: the torch filter
+    x = h.sample(2, 3000, seed=0)
+    if _compiled(h):
+        assert torch.equal(forward_filter(h, x).log_normalizers, filter_sequential(h, x).log_normalizers)
 
 
 def _check_simplex(b: torch.Tensor):

@@ -33,6 +33,12 @@ def destination_hmm(S: int, V: int, seed: int) -> HMM:
     return HMM(A[None] * C.T[:, None, :])
 
 
+def force_fused_step(monkeypatch):
+    """Every size through the BLAS product and the fused pass (no one-call filter)."""
+    monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 0)
+    monkeypatch.setattr(filtering, "_NATIVE_ONE_CALL_MAX_WORK", 0)
+
+
 def test_kernels_build_wherever_there_is_a_compiler():
     assert (native.library() is not None) == (native.compiler() is not None)
 
@@ -50,7 +56,7 @@ def test_library_shares_torchs_openmp_runtime():
 @pytest.mark.parametrize("side", ["source", "destination"])
 @pytest.mark.parametrize("S", [1, 2, 3, 5, 6, 7, 9])
 def test_one_call_filter_matches_torch(S, side, monkeypatch):
-    monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 16)
+    monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 16)  # one call at every n
     h = get_process("random", n_states=S, n_tokens=4, seed=S) if side == "source" else destination_hmm(S, 4, S)
     assert h.factorization[0] == ("source" if S == 1 else side)  # with one state both forms hold
     for n, L in [(1, 1), (255, 7), (256, 3), (257, 5), (700, 2), (3, 150), (300, 129)]:  # L past 64 and 128
@@ -66,7 +72,7 @@ def test_one_call_filter_matches_torch(S, side, monkeypatch):
 @pytest.mark.parametrize("fused", [False, True], ids=["one-call", "fused-step"])
 def test_results_do_not_depend_on_the_thread_count(fused, monkeypatch):
     if fused:
-        monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 0)
+        force_fused_step(monkeypatch)
     h = get_process("mess3")
     x = h.sample(1000, 9, seed=0)
     threads = torch.get_num_threads()
@@ -86,7 +92,7 @@ def test_impossible_sequences_inside_a_block(fused, monkeypatch):
     """z1r: "0 0 0" is impossible at position 2. Among 300 sequences (two blocks), exactly those get -inf and
     NaN beliefs from that position on; the others match the torch filter."""
     if fused:
-        monkeypatch.setattr(filtering, "_NATIVE_SMALL_MAX_STATES", 0)
+        force_fused_step(monkeypatch)
     h = get_process("z1r")
     x = h.sample(300, 6, seed=1)
     bad = torch.tensor([0, 7, 255, 256, 299])
@@ -104,7 +110,8 @@ def test_impossible_sequences_inside_a_block(fused, monkeypatch):
 
 @needs_compiler
 @pytest.mark.parametrize("side", ["source", "destination"])
-def test_fused_step_matches_torch_at_many_states(side):
+def test_fused_step_matches_torch_at_many_states(side, monkeypatch):
+    force_fused_step(monkeypatch)
     h = get_process("random", n_states=40, n_tokens=7, seed=3) if side == "source" else destination_hmm(40, 7, 3)
     assert h.factorization[0] == side
     x = h.sample(300, 12, seed=2)
@@ -120,6 +127,7 @@ def test_streamed_beliefs_match_torch(side, shared, monkeypatch):
     """Rows of at least _STREAM_MIN_STATES states go through cache-resident buffers and are streamed into the
     result, also right after positions filled from the shared-prefix tables."""
     S = filtering._STREAM_MIN_STATES
+    force_fused_step(monkeypatch)
     monkeypatch.setattr(filtering, "_SHARED_PREFIX_MIN_WORK", 0 if shared else math.inf)
     h = get_process("random", n_states=S, n_tokens=3, seed=5) if side == "source" else destination_hmm(S, 3, 5)
     x = h.sample(120, 7, seed=4)

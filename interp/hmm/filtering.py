@@ -35,10 +35,13 @@ _PACK_MAX_ROWS = 1024
 # A packed step just below it is padded with copies of a sequence to run on all cores, when that
 # adds at most a third more rows (on 2 cores, 10k x 3 beliefs per step: about 20% faster).
 _TORCH_GRAIN = 32768
-# Up to this many states the compiled kernels (interp.hmm.native) run the whole filter in one call; above
-# it a step is a BLAS product and the kernels' fused emission pass.
+# The compiled kernels (interp.hmm.native) run the whole filter in one call up to _NATIVE_SMALL_MAX_STATES
+# states, or while a step's n S^2 is at most _NATIVE_ONE_CALL_MAX_WORK; otherwise a step is a BLAS product and
+# the kernels' fused emission pass. On 2 cores the one call is 1.4x faster at S = 4 and 6 (10k x 64), 2-25x
+# for n S^2 <= 2^16 at S = 8-64 (the per-step calls dominate), and slower from n S^2 = 2^18 (BLAS wins).
+_NATIVE_SMALL_MAX_STATES = 6
+_NATIVE_ONE_CALL_MAX_WORK = 2**17
 _STREAM_MIN_STATES = 64  # shorter rows: the streamed copy's unaligned ends cost more than it saves
-_NATIVE_SMALL_MAX_STATES = 6  # 2 cores, 10k x 64: 1.4x faster at S = 4 and 6, even at S = 8
 
 
 class FilterResult(NamedTuple):
@@ -307,7 +310,9 @@ def filter_sequential(hmm: HMM, tokens, *, return_beliefs: bool = True) -> Filte
         else:
             side, A, C = f
             lib = native.library() if hmm.device.type == "cpu" else None
-            if lib is not None and hmm.n_states <= _NATIVE_SMALL_MAX_STATES:
+            S = hmm.n_states
+            if lib is not None and (S <= _NATIVE_SMALL_MAX_STATES
+                                    or tokens.shape[0] * S * S <= _NATIVE_ONE_CALL_MAX_WORK):
                 n, L = tokens.shape
                 out = empty_buffer((L, n, hmm.n_states), torch.float64, hmm.device) if return_beliefs else None
                 z = empty_buffer((L, n), torch.float64, hmm.device)
@@ -400,18 +405,23 @@ def filter_scan(hmm: HMM, tokens, *, return_beliefs: bool = True) -> FilterResul
 
 
 # ------------------------------------------------------------------- front door
-# Cost model of the two filters, measured on 2 CPU cores (`interp bench --suite filter` prints the grid): the
-# sequential filter pays a fixed ~10 us of torch calls per step plus its (n, S) @ (S, S) product; the scan does
-# about n L S^2 x 35 ns of small batched products in 2 log2(L) rounds, so it wins only where n S^2 is small
-# (a few long sequences of a small HMM), and it holds O(n L S^2) memory.
+# Cost model of the two filters, measured on 2 CPU cores (`interp bench --suite filter` prints the grid). With
+# the compiled kernels the sequential filter wins in every cell: a few long sequences of a small HMM, where the
+# scan used to win, are one compiled call (S = 3, one sequence of 16384 tokens: 1.1 ms against the scan's 5 ms).
+# In torch alone (no compiler; on a GPU, where the CPU model is used unmeasured) the sequential filter pays a
+# fixed ~10 us of torch calls per step plus its (n, S) @ (S, S) product; the scan does about n L S^2 x 35 ns of
+# small batched products in 2 log2(L) rounds, so it wins only where n S^2 is small, and holds O(n L S^2) memory.
 _SEQ_STEP_S, _SEQ_PER_ENTRY_S = 15e-6, 0.06e-9
 _SCAN_FIXED_S, _SCAN_PER_ENTRY_S = 3e-4, 35e-9
 _SCAN_MAX_BYTES = 2**30
 
 
-def choose_method(n: int, length: int, n_states: int) -> str:
+def choose_method(n: int, length: int, n_states: int, *, compiled: bool = False) -> str:
     """The faster filter for ``n`` sequences of ``length`` tokens over ``n_states`` states (by the cost model
-    above); the scan only where its (n, L, S, S) working set stays under 1 GiB."""
+    above), ``compiled`` when the sequential filter has the compiled kernels (on CPU, :func:`native.library`);
+    the scan only where its (n, L, S, S) working set stays under 1 GiB."""
+    if compiled:
+        return "sequential"
     entries = n * length * n_states**2
     if 4 * 8 * entries > _SCAN_MAX_BYTES:
         return "sequential"
@@ -420,12 +430,19 @@ def choose_method(n: int, length: int, n_states: int) -> str:
     return "scan" if scan < sequential else "sequential"
 
 
+def _compiled(hmm: HMM) -> bool:
+    """Whether filter_sequential runs the compiled kernels for ``hmm``."""
+    return hmm.device.type == "cpu" and hmm.factorization is not None and native.library() is not None
+
+
 def forward_filter(hmm: HMM, tokens, *, method: Method = "auto", return_beliefs: bool = True) -> FilterResult:
     """Filter ``tokens`` (n, L) under ``hmm``. ``method="auto"`` picks the faster of the two
-    (:func:`choose_method`): the sequential filter except for a few long sequences of a small HMM."""
+    (:func:`choose_method`): the sequential filter, except for a few long sequences of a small HMM where there
+    are no compiled kernels (on a GPU, or without a C++ compiler)."""
     if method == "auto":
         shape = tokens.shape if torch.is_tensor(tokens) and tokens.ndim == 2 else None
-        method = "sequential" if shape is None else choose_method(shape[0], shape[1], hmm.n_states)
+        method = "sequential" if shape is None else choose_method(shape[0], shape[1], hmm.n_states,
+                                                                  compiled=_compiled(hmm))
     if method == "sequential":
         return filter_sequential(hmm, tokens, return_beliefs=return_beliefs)
     if method == "scan":
