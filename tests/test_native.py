@@ -2,6 +2,7 @@
 against brute-force enumeration and hmmlearn; their build, cache and fallbacks."""
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -210,6 +211,18 @@ def test_build_is_cached_under_a_key_of_its_inputs(fresh, monkeypatch, tmp_path)
     monkeypatch.setattr(native, "_SOURCE", edited)
     second = native._build(cxx)
     assert second != first and sorted(p.name for p in fresh.iterdir()) == sorted([first.name, second.name])
+
+
+@needs_compiler
+def test_unwritable_cache_falls_back_to_the_temporary_folder(fresh, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("INTERP_CACHE_DIR", str(blocker / "cache"))  # cannot be created under a file
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = native._build(native.compiler())
+    assert built.parent == tmp_path / "tmp" / f"interp-{os.getuid()}" and built.exists()
+    assert native._build(native.compiler()) == built
 
 
 @needs_compiler

@@ -8,8 +8,9 @@ positions (few states) or one fused pass per step (many states) removes that.
 
 The library is linked against torch's own OpenMP runtime, so its parallel regions use the same threads as
 torch's operations (numba, with a second runtime, lost most of its gain to the two pools contending for the
-cores). It is built with ``-march=native`` into ``$INTERP_CACHE_DIR`` (default ``~/.cache/interp``) under a
-name keyed by the source, compiler, flags, torch and CPU, written atomically. Without a compiler (``$CXX``,
+cores). It is built with ``-march=native`` into ``$INTERP_CACHE_DIR`` (default ``~/.cache/interp``; the
+temporary folder if that is not writable) under a name keyed by the source, compiler, flags, torch and CPU,
+written atomically. Without a compiler (``$CXX``,
 else ``g++`` or ``c++``), or with ``INTERP_NATIVE=0``, :func:`library` returns None and the filter uses its
 torch implementation, which gives the same results; a failed build warns once.
 """
@@ -89,11 +90,19 @@ def _build(cxx: str) -> Path:
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp is not None else []
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), cxx, version, *_FLAGS, *link, torch.__version__,
                                     _cpu_id()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"kernels-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    name = f"kernels-{key}.so"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"interp-{os.getuid()}"):
+        if (folder / name).exists():
+            return folder / name
+        try:  # an unwritable cache (a read-only home) falls back to the temporary folder
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"no writable folder for the compiled kernels ({cache_dir()} or the temporary folder)")
+    target = folder / name
     os.close(fd)
     try:
         run = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp, *link], capture_output=True, text=True)
