@@ -54,6 +54,20 @@ inline void stream_fence() {
 constexpr int64_t kBlock = 256;  // sequences filtered together; their (S, kBlock) beliefs stay in cache
 constexpr int64_t kSpan = 64;    // positions whose tokens are transposed at a time (bounded scratch at any L)
 
+// dst = src @ A for the m sequences of a block, both stored state-major ((S, kBlock), row i = state i).
+inline void times_A(const double* src, const double* A, int64_t S, int64_t m, double* dst) {
+  for (int64_t j = 0; j < S; ++j) {
+    double* dj = dst + j * kBlock;
+    for (int64_t r = 0; r < m; ++r) dj[r] = 0.0;
+    for (int64_t i = 0; i < S; ++i) {
+      const double a = A[i * S + j];
+      const double* si = src + i * kBlock;
+#pragma omp simd
+      for (int64_t r = 0; r < m; ++r) dj[r] += si[r] * a;
+    }
+  }
+}
+
 // Filter sequences r0 .. r0 + m - 1 through all L positions. SS > 0 fixes S at compile time.
 template <int SS>
 void filter_block(const int64_t* tokens, const double* initial, const double* A, const double* w,
@@ -85,27 +99,9 @@ void filter_block(const int64_t* tokens, const double* initial, const double* A,
           z[r] += v * wi;
         }
       }
-      for (int64_t j = 0; j < S; ++j) {  // eta' = u @ A (scaled below)
-        double* Bj = B + j * kBlock;
-        for (int64_t r = 0; r < m; ++r) Bj[r] = 0.0;
-        for (int64_t i = 0; i < S; ++i) {
-          const double a = A[i * S + j];
-          const double* Ui = U + i * kBlock;
-#pragma omp simd
-          for (int64_t r = 0; r < m; ++r) Bj[r] += Ui[r] * a;
-        }
-      }
+      times_A(U, A, S, m, B);  // eta' = u @ A (scaled below)
     } else {
-      for (int64_t j = 0; j < S; ++j) {  // u = eta @ A
-        double* Uj = U + j * kBlock;
-        for (int64_t r = 0; r < m; ++r) Uj[r] = 0.0;
-        for (int64_t i = 0; i < S; ++i) {
-          const double a = A[i * S + j];
-          const double* Bi = B + i * kBlock;
-#pragma omp simd
-          for (int64_t r = 0; r < m; ++r) Uj[r] += Bi[r] * a;
-        }
-      }
+      times_A(B, A, S, m, U);  // u = eta @ A
       for (int64_t j = 0; j < S; ++j) {  // eta' = u * C[:, x] (scaled below)
         const double* Cj = C + j * V;
         const double* Uj = U + j * kBlock;
