@@ -70,6 +70,30 @@ def test_one_call_filter_matches_torch(S, side, monkeypatch):
 
 
 @needs_compiler
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_few_sequences_of_a_larger_hmm_one_row_each(side):
+    """Below 8 sequences and from 8 states the one-call filter keeps each belief as a contiguous row. A token
+    that no state emits makes its sequence impossible from there on, and leaves the others untouched."""
+    S, V = 40, 5
+    g = torch.Generator().manual_seed(2)
+    A = torch.rand(S, S, generator=g, dtype=torch.float64) + 0.05
+    C = torch.rand(S, V, generator=g, dtype=torch.float64) + 0.05
+    C[:, V - 1] = 0.0
+    A, C = A / A.sum(1, keepdim=True), C / C.sum(1, keepdim=True)
+    mu = torch.full((S,), 1.0 / S, dtype=torch.float64)
+    h = HMM.from_emission(mu, A, C) if side == "source" else HMM(A[None] * C.T[:, None, :], initial=mu)
+    assert h.factorization[0] == side
+    for n in (1, 7):
+        x = h.sample(n, 200, seed=n)
+        x[0, 150] = V - 1
+        ours, ref = filter_sequential(h, x), torch_filter(h, x)
+        assert ours.log_likelihood[0] == -math.inf and torch.isnan(ours.beliefs[0, 150:]).all()
+        assert_close(ours.beliefs[0, :150], ref.beliefs[0, :150], rtol=0, atol=1e-14)
+        assert_close(ours.beliefs[1:], ref.beliefs[1:], rtol=0, atol=1e-14)
+        assert_close(ours.log_likelihood[1:], ref.log_likelihood[1:], rtol=1e-13, atol=0)
+
+
+@needs_compiler
 @pytest.mark.parametrize("fused", [False, True], ids=["one-call", "fused-step"])
 def test_results_do_not_depend_on_the_thread_count(fused, monkeypatch):
     if fused:

@@ -147,6 +147,55 @@ BlockFn block_fn(int64_t S) {
   }
 }
 
+// One sequence through all L positions with its belief as one contiguous row, vectorised across states:
+// for a few sequences of a larger HMM, where a block has too few sequences to fill the vector lanes.
+void filter_one(const int64_t* tokens, const double* initial, const double* A, const double* w,
+                const double* CT, bool source, double* beliefs, double* norms, int64_t n, int64_t L, int64_t S,
+                int64_t r, double* b, double* u) {
+  for (int64_t i = 0; i < S; ++i) b[i] = initial[i];
+  for (int64_t t = 0; t < L; ++t) {
+    const double* c = CT + tokens[r * L + t] * S;  // P(x_t | state)
+    double z = 0.0;
+    if (source) {  // u = eta * c, eta' = u @ A / z with z = u @ w
+#pragma omp simd reduction(+ : z)
+      for (int64_t i = 0; i < S; ++i) {
+        u[i] = b[i] * c[i];
+        z += u[i] * w[i];
+      }
+      for (int64_t j = 0; j < S; ++j) b[j] = 0.0;
+      for (int64_t i = 0; i < S; ++i) {
+        const double ui = u[i];
+        const double* Ai = A + i * S;
+#pragma omp simd
+        for (int64_t j = 0; j < S; ++j) b[j] += ui * Ai[j];
+      }
+    } else {  // u = eta @ A, eta' = u * c / z with z = sum(u * c)
+      for (int64_t j = 0; j < S; ++j) u[j] = 0.0;
+      for (int64_t i = 0; i < S; ++i) {
+        const double bi = b[i];
+        const double* Ai = A + i * S;
+#pragma omp simd
+        for (int64_t j = 0; j < S; ++j) u[j] += bi * Ai[j];
+      }
+#pragma omp simd reduction(+ : z)
+      for (int64_t j = 0; j < S; ++j) {
+        b[j] = u[j] * c[j];
+        z += b[j];
+      }
+    }
+    norms[t * n + r] = z;
+    const double inv = 1.0 / z;
+#pragma omp simd
+    for (int64_t j = 0; j < S; ++j) b[j] *= inv;
+    if (beliefs != nullptr)
+      for (int64_t j = 0; j < S; ++j) beliefs[(t * n + r) * S + j] = b[j];
+  }
+}
+
+// Below this many sequences an HMM of at least this many states runs filter_one per sequence.
+constexpr int64_t kRowwiseMaxSequences = 8;
+constexpr int64_t kRowwiseMinStates = 8;
+
 }  // namespace
 
 extern "C" {
@@ -159,6 +208,21 @@ void interp_filter_small(const int64_t* tokens, const double* initial, const dou
   std::vector<double> w(S, 0.0);  // row sums of A: the source side's normaliser weights
   for (int64_t i = 0; i < S; ++i)
     for (int64_t j = 0; j < S; ++j) w[i] += A[i * S + j];
+  if (n < kRowwiseMaxSequences && S >= kRowwiseMinStates) {
+    std::vector<double> CT(V * S);  // C transposed: row x is P(x | state), contiguous
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t x = 0; x < V; ++x) CT[x * S + i] = C[i * V + x];
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, n)));
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> b(S), u(S);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < n; ++r)
+        filter_one(tokens, initial, A, w.data(), CT.data(), source != 0, beliefs, norms, n, L, S, r, b.data(),
+                   u.data());
+    }
+    return;
+  }
   const BlockFn fn = block_fn(S);
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, blocks)));
