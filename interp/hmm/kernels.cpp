@@ -147,6 +147,17 @@ BlockFn block_fn(int64_t S) {
   }
 }
 
+// dst = src @ A for one belief stored as a contiguous row.
+inline void row_times_A(const double* src, const double* A, int64_t S, double* dst) {
+  for (int64_t j = 0; j < S; ++j) dst[j] = 0.0;
+  for (int64_t i = 0; i < S; ++i) {
+    const double si = src[i];
+    const double* Ai = A + i * S;
+#pragma omp simd
+    for (int64_t j = 0; j < S; ++j) dst[j] += si * Ai[j];
+  }
+}
+
 // One sequence through all L positions with its belief as one contiguous row, vectorised across states:
 // for a few sequences of a larger HMM, where a block has too few sequences to fill the vector lanes.
 void filter_one(const int64_t* tokens, const double* initial, const double* A, const double* w,
@@ -162,21 +173,9 @@ void filter_one(const int64_t* tokens, const double* initial, const double* A, c
         u[i] = b[i] * c[i];
         z += u[i] * w[i];
       }
-      for (int64_t j = 0; j < S; ++j) b[j] = 0.0;
-      for (int64_t i = 0; i < S; ++i) {
-        const double ui = u[i];
-        const double* Ai = A + i * S;
-#pragma omp simd
-        for (int64_t j = 0; j < S; ++j) b[j] += ui * Ai[j];
-      }
+      row_times_A(u, A, S, b);
     } else {  // u = eta @ A, eta' = u * c / z with z = sum(u * c)
-      for (int64_t j = 0; j < S; ++j) u[j] = 0.0;
-      for (int64_t i = 0; i < S; ++i) {
-        const double bi = b[i];
-        const double* Ai = A + i * S;
-#pragma omp simd
-        for (int64_t j = 0; j < S; ++j) u[j] += bi * Ai[j];
-      }
+      row_times_A(b, A, S, u);
 #pragma omp simd reduction(+ : z)
       for (int64_t j = 0; j < S; ++j) {
         b[j] = u[j] * c[j];
