@@ -42,7 +42,7 @@ def cmd_run(args) -> None:
     """The whole pipeline on one process (the embedded Mess3 default, or runs/<pipeline>.toml)."""
     from pathlib import Path
 
-    from interp.pipeline import Pipeline, default_pipeline_config, load_pipeline_config
+    from interp.pipeline.pipeline import Pipeline, default_pipeline_config, load_pipeline_config
 
     if args.config is None:
         cfg, root = default_pipeline_config(), Path("runs")
@@ -59,7 +59,7 @@ def cmd_figures(args) -> None:
     from pathlib import Path
 
     from interp.io import read_json
-    from interp.pipeline import PIPELINE_FILE, draw_figures, figure_inputs, load_figure_script, pipeline_config_from_dict
+    from interp.pipeline.pipeline import PIPELINE_FILE, draw_figures, figure_inputs, pipeline_config_from_dict
 
     root = Path(args.run)
     if not (root / PIPELINE_FILE).is_file():
@@ -67,7 +67,7 @@ def cmd_figures(args) -> None:
     cfg = pipeline_config_from_dict(read_json(root / PIPELINE_FILE))
     out = Path(args.out or cfg.figures_out)
     t0 = time.perf_counter()
-    names = draw_figures(load_figure_script(), figure_inputs(cfg, root), out, command=f"interp figures {root}")
+    names = draw_figures(figure_inputs(cfg, root), out, command=f"interp figures {root}")
     print(f"{len(names)} files in {time.perf_counter() - t0:.1f} s -> {out}")
 
 
@@ -79,7 +79,7 @@ def cmd_describe(args) -> None:
     print(f"process   {label}: {hmm.n_states} states, {hmm.n_tokens} tokens; stationary pi = {_fmt_vec(hmm.pi)}")
 
     t0 = time.perf_counter()
-    tokens = hmm.sample(args.samples, args.length, seed=args.seed)
+    tokens = H.sample(hmm, args.samples, args.length, seed=args.seed)
     dt = time.perf_counter() - t0
     freq = torch.bincount(tokens.reshape(-1), minlength=hmm.n_tokens).double() / tokens.numel()
     expected = hmm.pi @ hmm.emission_matrix
@@ -115,8 +115,8 @@ def cmd_train(args) -> None:
     """Train one run from its TOML config into runs/<name>/."""
     from pathlib import Path
 
-    from interp.runconfig import load_run_config
-    from interp.trainer import Trainer
+    from interp.training.runconfig import load_run_config
+    from interp.training.trainer import Trainer
 
     cfg = load_run_config(args.config)
     if args.steps is not None:
@@ -135,7 +135,7 @@ def cmd_cache(args) -> None:
     """Cache a trained run's hooks over its evaluation set (reused when it is already up to date)."""
     from pathlib import Path
 
-    from interp.cache import build_cache, cache_is_fresh
+    from interp.interpret.cache import build_cache, cache_is_fresh
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -146,7 +146,7 @@ def cmd_cache(args) -> None:
     t0 = time.perf_counter()
     path = build_cache(run_dir, device=_device(args.device), batch_size=args.batch_size,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    from interp.cache import load_cache
+    from interp.interpret.cache import load_cache
 
     cache = load_cache(run_dir)
     kind = "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences"
@@ -158,7 +158,7 @@ def cmd_probe(args) -> None:
     """Fit belief probes on a run's cached hooks (building the cache if needed); write probe.json."""
     from pathlib import Path
 
-    from interp.analyse import CONCAT, probe_run
+    from interp.interpret.analyse import CONCAT, probe_run
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -185,7 +185,7 @@ def cmd_compare(args) -> None:
     """Compare runs: losses, probes, attention against the construction, SSM spectra, Belief Net recovery."""
     from pathlib import Path
 
-    from interp.analyse import compare_runs
+    from interp.interpret.analyse import compare_runs
 
     if not args.runs:
         raise ValueError("give at least one run folder")
@@ -200,7 +200,7 @@ def cmd_construct(args) -> None:
     """Build the scaled-vector-addition construction as a hand-set TransformerLens run folder."""
     from pathlib import Path
 
-    from interp.analyse import build_construction_run
+    from interp.interpret.analyse import build_construction_run
 
     process = {"name": args.process, "params": _parse_params(args.param)}
     out = Path(args.out) if args.out else Path("runs") / f"{args.process}_construction"
@@ -216,7 +216,7 @@ def cmd_recover(args) -> None:
 
     from dataclasses import replace
 
-    from interp.recovery import load_recovery_config, run_recovery
+    from interp.studies.recovery import load_recovery_config, run_recovery
 
     cfg = load_recovery_config(args.config)
     if args.seeds is not None:
@@ -247,8 +247,8 @@ def cmd_recover(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from interp.bench_hmm import format_table, run_blocked_bench, run_filter_method_bench, run_hmm_bench
-    from interp.bench_train import run_train_bench
+    from interp.bench.hmm import format_table, run_blocked_bench, run_filter_method_bench, run_hmm_bench
+    from interp.bench.train import run_train_bench
 
     dev = str(_device(args.device))
     say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -281,7 +281,7 @@ def cmd_sweep(args) -> None:
     """A grid of runs (process params x model config x seeds): run what is not done, aggregate, draw."""
     from pathlib import Path
 
-    from interp.sweep import Sweep, load_sweep_config
+    from interp.studies.sweep import Sweep, load_sweep_config
 
     cfg = load_sweep_config(args.config)
     out = Path(args.out) if args.out else Path(args.config).parent / cfg.name
@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from interp.pipeline import StageError
-    from interp.sweep import SweepError
+    from interp.pipeline.pipeline import StageError
+    from interp.studies.sweep import SweepError
 
     args = build_parser().parse_args(argv)
     try:

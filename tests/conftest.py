@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from interp.runconfig import run_config_from_dict
-from interp.trainer import Trainer
+from interp.training.runconfig import run_config_from_dict
+from interp.training.trainer import Trainer
 
 TINY = {
     "transformer": {"family": "transformer", "n_layers": 2, "n_heads": 1, "d_model": 8, "d_head": 8},

@@ -12,8 +12,8 @@ import pytest
 from interp.cli import main
 from interp.config import ConfigError
 from interp.models import BeliefNetConfig, FixedAttentionConfig, SSMConfig, TransformerConfig
-from interp.runconfig import ProcessConfig, RunConfig, TrainConfig, load_run_config, run_config_from_dict
-from interp.trainer import lr_at
+from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, load_run_config, run_config_from_dict
+from interp.training.trainer import lr_at
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 # runs/recovery_*.toml are recovery studies (interp recover), runs/pipeline_*.toml pipelines (interp run,
@@ -229,7 +229,7 @@ def test_shipped_config_loads(path):
 
 @pytest.mark.parametrize("path", SHIPPED_RECOVERY, ids=[p.stem for p in SHIPPED_RECOVERY])
 def test_shipped_recovery_config_loads(path):
-    from interp.recovery import load_recovery_config, recovery_config_from_dict
+    from interp.studies.recovery import load_recovery_config, recovery_config_from_dict
 
     cfg = load_recovery_config(path)
     assert cfg.name == path.stem and len(cfg.seeds) >= 10
@@ -238,7 +238,7 @@ def test_shipped_recovery_config_loads(path):
 
 @pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=[p.stem for p in SHIPPED_SWEEPS])
 def test_shipped_sweep_config_loads(path):
-    from interp.sweep import load_sweep_config
+    from interp.studies.sweep import load_sweep_config
 
     cfg = load_sweep_config(path)
     assert cfg.name == path.stem and len(cfg.points) == len(cfg.seeds) * len(list(itertools.product(*cfg.grid.values())))

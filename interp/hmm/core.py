@@ -259,18 +259,3 @@ class HMM:
         C[torch.arange(V * S, device=self.device), torch.arange(V, device=self.device).repeat_interleave(S)] = 1.0
         mu = (self.initial @ self._T.permute(1, 0, 2).reshape(S, V * S))  # first edge
         return EmissionForm(mu, A, C)
-
-    # -------------------------------------------------------------- sampling
-    @cached_property
-    def sampler_tables(self):
-        """Inverse-CDF tables for :meth:`sample`, built on first use (see interp.hmm.sampling)."""
-        from interp.hmm.sampling import build_sampler_tables
-
-        return build_sampler_tables(self)
-
-    def sample(self, n: int, length: int, *, seed: int | None = None,
-               generator: torch.Generator | None = None, return_states: bool = False):
-        """Sample ``n`` sequences of ``length`` tokens; see :func:`interp.hmm.sampling.sample`."""
-        from interp.hmm.sampling import sample
-
-        return sample(self, n, length, seed=seed, generator=generator, return_states=return_states)

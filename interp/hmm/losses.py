@@ -17,6 +17,7 @@ import torch
 from interp.hmm.core import HMM
 from interp.hmm.filtering import beliefs as exact_beliefs
 from interp.hmm.msp import DEFAULT_MAX_BELIEFS, _merge_keys, expand
+from interp.hmm.sampling import sample
 
 
 def predictive_entropy(beliefs: torch.Tensor, hmm: HMM) -> torch.Tensor:
@@ -69,7 +70,7 @@ def _monte_carlo(hmm: HMM, length: int, n: int, seed: int) -> tuple[torch.Tensor
     ent = torch.empty(n, length, dtype=torch.float64, device=hmm.device)
     ent[:, 0] = predictive_entropy(hmm.initial, hmm)
     if length > 1:
-        tokens = hmm.sample(n, length - 1, seed=seed)
+        tokens = sample(hmm, n, length - 1, seed=seed)
         ent[:, 1:] = predictive_entropy(exact_beliefs(hmm, tokens), hmm)
     return ent.mean(0), ent.std(0) / math.sqrt(n) if n > 1 else torch.zeros(length, dtype=torch.float64)
 
@@ -110,7 +111,7 @@ def entropy_rate(hmm: HMM, *, n: int = 32768, length: int = 256, burn_in: int = 
     processes whose beliefs synchronise or contract, such as Mess3)."""
     if not 0 <= burn_in < length:
         raise ValueError(f"burn_in must lie in [0, length), got burn_in={burn_in}, length={length}")
-    tokens = hmm.sample(n, length - 1, seed=seed) if length > 1 else None
+    tokens = sample(hmm, n, length - 1, seed=seed) if length > 1 else None
     # Position t is predicted from the belief after t tokens; position 0 from the initial belief.
     eta = hmm.initial.expand(n, 1, -1)
     if tokens is not None:

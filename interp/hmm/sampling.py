@@ -177,6 +177,14 @@ def build_sampler_tables(hmm: HMM) -> SamplerTables:
     return SamplerTables(q, _guide_table(q), _cdf_table(hmm.initial[None]))
 
 
+def sampler_tables(hmm: HMM):
+    """:func:`build_sampler_tables` of ``hmm``, built on first use and kept on the (immutable) HMM object."""
+    tables = hmm.__dict__.get("_sampler_tables")
+    if tables is None:
+        tables = hmm.__dict__.setdefault("_sampler_tables", build_sampler_tables(hmm))
+    return tables
+
+
 def sample(hmm: HMM, n: int, length: int, *, seed: int | None = None,
            generator: torch.Generator | None = None, return_states: bool = False):
     """Draw ``n`` independent sequences of ``length`` tokens, starting from ``hmm.initial``.
@@ -185,11 +193,15 @@ def sample(hmm: HMM, n: int, length: int, *, seed: int | None = None,
     states (n, length) int64, where ``states[:, t]`` is the hidden state that emitted token t
     (the state before the transition that token labels).
     """
+    from interp.hmm.blocked import BlockedHMM
+
+    if isinstance(hmm, BlockedHMM):  # block-sparse HMMs sample themselves
+        return hmm.sample(n, length, seed=seed, generator=generator, return_states=return_states)
     n, length = _positive_int(n, "n"), _positive_int(length, "length")
     device = hmm.device
     g = make_generator(seed, generator, device)
     V, S = hmm.n_tokens, hmm.n_states
-    q, guide, initial_table = hmm.sampler_tables
+    q, guide, initial_table = sampler_tables(hmm)
     state = torch.searchsorted(initial_table, torch.randint(0, _ONE, (n,), generator=g, device=device), right=True)
     # Time-major int32 buffers: each step writes one contiguous row.
     tokens = torch.empty(length, n, dtype=torch.int32, device=device)

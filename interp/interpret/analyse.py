@@ -1,0 +1,416 @@
+"""Run-level analysis: probes, attention, SSM spectrum and Belief Net recovery for one trained run,
+and the comparison table across runs. Each step reads the run's activation cache and writes JSON
+(plus safetensors for probe weights) beside the run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from interp.interpret import attention as A
+from interp.interpret import construction as K
+from interp.interpret.cache import ActivationCache, build_cache, cache_is_fresh, load_cache, run_fingerprint
+from interp.interpret.causal import causal_check
+from interp.hmm.matching import parameter_errors
+from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.interpret.probes import best_hook, probe_hooks
+
+PROBE_JSON, PROBE_WEIGHTS = "probe.json", "probe.safetensors"
+PROBE_FORMAT = 3  # bump when what probe.json holds or how it is computed changes: older files are redone
+CONCAT = "all_layers"
+
+
+def ensure_cache(run_dir: Path, *, device="cpu", log=lambda msg: None) -> ActivationCache:
+    """The run's cache, built first if it is missing or stale."""
+    if not cache_is_fresh(run_dir):
+        log(f"{run_dir}: building the activation cache")
+        build_cache(run_dir, device=device, log=log)
+    return load_cache(run_dir)
+
+
+def residual_hooks(cache: ActivationCache) -> list[str]:
+    """Hooks holding a residual stream or a state (not attention patterns), each stored tensor once."""
+    aliases = cache.meta.get("aliases", {})
+    return [h for h in cache.hooks if "hook_pattern" not in h and h not in aliases]
+
+
+def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float = 0.0, seed: int = 0,
+              causal_points: int = 2000, device="cpu", log=lambda msg: None) -> dict:
+    """Fit belief probes on every residual hook and on all of them concatenated; causal check on the best.
+
+    Writes ``probe.json`` (scores) and ``probe.safetensors`` (``{hook}.coef`` [S, d], ``{hook}.intercept``)."""
+    from interp.training.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    cache = ensure_cache(run_dir, device=device, log=log)
+    hooks = residual_hooks(cache)
+    acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks}
+    results = probe_hooks(acts, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge, seed=seed,
+                          concat_name=CONCAT, concat_hooks=hooks)
+    # the best residual-stream hook: an SSM's state alone misses the current token, which reaches the
+    # output through the skip path, so steering the state cannot move the model as a belief change would
+    best = best_hook({h: r for h, r in results.items() if "hook_state" not in h})
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    probe = results[best][0]
+    causal = causal_check(model, cache.tokens, cache.beliefs, acts[best], probe.coef_, probe.intercept_,
+                          hmm.emission_matrix, hook=best, n_points=causal_points,
+                          generator=torch.Generator().manual_seed(seed), bos_token=cache.meta.get("bos_token"))
+    out = {
+        "format": PROBE_FORMAT, "run": cfg.name, "family": cfg.model.family, **run_fingerprint(run_dir),
+        "evaluation_set": "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
+        "split": {"by": "sequence", "test_fraction": test_fraction, "seed": seed},
+        "ridge": ridge,
+        "r2": "pooled over belief coordinates, held-out sequences, weighted like the evaluation set",
+        "hooks": {h: results[h][1].to_dict() for h in hooks},
+        CONCAT: {"hooks": hooks, **results[CONCAT][1].to_dict()},
+        "best_hook": best, "best_r2": results[best][1].r2,
+        "causal": causal,
+    }
+    weights = {}
+    for name, (p, _) in results.items():
+        weights[f"{name}.coef"], weights[f"{name}.intercept"] = p.coef_, p.intercept_
+    write_tensors(run_dir / PROBE_WEIGHTS, weights)
+    write_json(run_dir / PROBE_JSON, out)
+    return out
+
+
+def load_probe_result(run_dir: Path) -> dict | None:
+    """probe.json if it exists and was made from the run's current weights, else None."""
+    path = Path(run_dir) / PROBE_JSON
+    if not path.is_file():
+        return None
+    out = read_json(path)
+    now = run_fingerprint(run_dir)
+    if out.get("format") != PROBE_FORMAT or any(out.get(k) != now[k] for k in now):
+        return None
+    return out
+
+
+def attention_summary(cache: ActivationCache, hmm, *, fitted_decay: float | None = None) -> list[dict]:
+    """Per layer and head: fixedness, decay fits, and the distance of the mean pattern to the construction's."""
+    lam = K.analytic_decay(hmm)
+    out = []
+    for hook in cache.hooks:
+        if "hook_pattern" not in hook:
+            continue
+        patterns = cache[hook]
+        mean = A.mean_pattern(patterns, cache.weight)
+        fixed = A.fixedness(patterns, cache.weight)
+        L = mean.shape[-1]
+        for head in range(mean.shape[0]):
+            row = {"hook": hook, "head": head, **fixed[head], **A.describe_head(mean[head])}
+            for label, value in (("analytic", lam), ("fitted", fitted_decay)):
+                if value is not None:
+                    row[f"distance_to_{label}"] = A.pattern_distance(mean[head], A.decay_pattern(value, L))
+            out.append(row)
+        cache.release(hook)
+    return out
+
+
+def ssm_summary(model, cache: ActivationCache, hmm, top: int = 4) -> list[dict]:
+    """Per SSM layer: eigenvalues, each mode's share of the output variance, and Smat's zero-sum spectrum.
+
+    A mode's share is var(h_i) ||C_i||^2 over the evaluation set (diagonal transitions), so a mode the
+    model does not read from does not count as leading."""
+    smat = [[z.real, z.imag] for z in K.zero_sum_operator_eigenvalues(hmm).tolist()]
+    out = []
+    for l, block in enumerate(model.blocks):
+        ev = block.eigenvalues()
+        row = {"layer": l, "transition": block.kind, "eigenvalues": [[z.real, z.imag] for z in ev.tolist()],
+               "smat_zero_sum_eigenvalues": smat}
+        if block.kind in ("diagonal", "complex"):
+            state = cache[f"blocks.{l}.hook_state"].double()
+            w = cache.weight[:, None].expand(state.shape[:2]).reshape(-1)
+            flat = state.reshape(-1, state.shape[-1])
+            mean = w @ flat
+            var = w @ (flat - mean) ** 2
+            C = block.C.detach().double().cpu()
+            contrib = var * (C**2).sum(1)
+            if block.kind == "complex":  # a mode is its (Re, Im) pair
+                n = ev.shape[0]
+                contrib = contrib[:n] + contrib[n:]
+            share = contrib / contrib.sum()
+            order = torch.argsort(share, descending=True)[:top]
+            row["leading"] = [{"eigenvalue": [ev[i].real.item(), ev[i].imag.item()], "share": float(share[i])}
+                              for i in order]
+            cache.release(f"blocks.{l}.hook_state")
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
+def ssm_token_kernel(block, u: torch.Tensor, lags: int) -> torch.Tensor:
+    """[lags, V, d_model] what a token's input ``u`` [V, d_model] adds to the layer's output k = 1..lags steps later
+    (the state path only: ``C (A^k B u)``; lag 0 also has the direct path)."""
+    a = block.transition().detach().double().cpu()
+    bu = u.double() @ block.B.detach().double().cpu()
+    C = block.C.detach().double().cpu()
+    out = []
+    if block.kind == "complex":
+        n = a.shape[0]
+        h = torch.complex(bu[:, :n], bu[:, n:])
+        for _ in range(lags):
+            h = h * a
+            out.append(torch.cat([h.real, h.imag], -1) @ C)
+    else:
+        h = bu
+        for _ in range(lags):
+            h = h @ a.T if block.kind == "dense" else h * a
+            out.append(h @ C)
+    return torch.stack(out)
+
+
+def ssm_effective_decay(model, coef: torch.Tensor, hmm, lags: int) -> dict:
+    """How fast a token's effect on the probed belief fades in a 1-layer SSM, next to lambda.
+
+    The belief-space kernel ``G_k[x] = coef @ (C A^k B W_E[x])`` (centred over tokens, since only differences
+    between tokens move the belief) plays the role of ``lambda^k v[x]`` in the construction; its norm per lag,
+    the decay fitted to those norms (log-linear, lags 1..lags), and its cosine with ``v[x]`` at each lag."""
+    block = model.blocks[0]
+    u = model.W_E.detach().double().cpu()
+    G = ssm_token_kernel(block, u, lags) @ coef.double().T  # [lags, V, S]
+    G = G - G.mean(1, keepdim=True)
+    v = K.token_vectors(hmm)
+    norms = G.flatten(1).norm(dim=1)
+    k = torch.arange(1, lags + 1, dtype=torch.float64)
+    slope = float(torch.linalg.lstsq(torch.stack([torch.ones_like(k), k], 1), torch.log(norms)[:, None]).solution[1])
+    cos = (G.flatten(1) @ v.flatten()) / (norms * v.norm())
+    return {"kernel_norm": norms.tolist(), "decay": math.exp(slope), "cosine_with_v": cos.tolist()}
+
+
+def belief_net_summary(model, hmm) -> dict:
+    """The learned HMM against the true one after matching states (only when the sizes agree)."""
+    learned = model.get_hmm().to_emission()
+    true = hmm.to_emission()
+    if learned.C.shape != true.C.shape:
+        return {"comparable": False, "reason": f"learned {tuple(learned.C.shape)} vs true {tuple(true.C.shape)} C"}
+    return {"comparable": True, **parameter_errors(true, learned)}
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def process_label(cfg) -> str:
+    """``name(k=v, ...)`` with every parameter, defaults included (from the built HMM)."""
+    hmm = cfg.process.build()
+    params = ", ".join(f"{k}={v}" for k, v in hmm.params.items())
+    return f"{hmm.name}({params})"
+
+
+def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device="cpu", log=lambda msg: None) -> dict:
+    """Everything ``interp compare`` reports about one run (probes are reused when up to date)."""
+    from interp.training.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    result = read_json(run_dir / "result.json")
+    probe = load_probe_result(run_dir)
+    if probe is None:
+        log(f"{run_dir}: fitting probes")
+        probe = probe_run(run_dir, device=device, log=log)
+    cache = ensure_cache(run_dir, device=device, log=log)
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    row = {
+        "run": cfg.name, "path": str(run_dir), "family": cfg.model.family, "process": process_label(cfg),
+        "relative_loss": result["relative_loss"], "gap_fraction": result.get("gap_fraction"),
+        "probe_hook": probe["best_hook"], "probe_r2": probe["best_r2"], "probe_r2_all_layers": probe[CONCAT]["r2"],
+        "probe_r2_shuffled": probe["hooks"][probe["best_hook"]]["shuffled_r2"],
+        "causal": {k: probe["causal"][k] for k in ("kl_target_before", "kl_target_after", "kl_target_random",
+                                                   "share_closer", "change_r2")},
+    }
+    if any("hook_pattern" in h for h in cache.hooks):
+        fitted = None if construction is None else construction.get("lambda_fitted")
+        row["attention"] = attention_summary(cache, hmm, fitted_decay=fitted)
+    if cfg.model.family == "ssm":
+        row["ssm"] = ssm_summary(model, cache, hmm)
+        hook = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+        if len(model.blocks) == 1:
+            coef = read_tensors(Path(run_dir) / PROBE_WEIGHTS)[f"{hook}.coef"]
+            row["ssm"][0]["effective"] = ssm_effective_decay(model, coef, hmm, cfg.train.context - 1)
+    if cfg.model.family == "belief_net":
+        row["belief_net"] = belief_net_summary(model, hmm)
+    cache.release()
+    return _nan_to_none(row)
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, device="cpu", log=lambda msg: None) -> dict:
+    """Analyse each run, build the construction once per process, write compare.json and compare.md."""
+    from interp.training.checkpoint import load_model
+
+    constructions: dict[str, dict] = {}
+    rows = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no run folder at {run_dir}")
+        _, cfg = load_model(run_dir)
+        label = process_label(cfg)
+        if label not in constructions:
+            cache = ensure_cache(run_dir, device=device, log=log)
+            log(f"construction for {label}")
+            constructions[label] = _nan_to_none(K.construction_report(cfg.process.build(), cache.tokens, cache.weight,
+                                                                      cache.beliefs))
+        rows.append(analyse_run(run_dir, construction=constructions[label], device=device, log=log))
+    out = {"construction": constructions, "runs": rows}
+    out_dir = Path(out_dir)
+    write_json(out_dir / "compare.json", out)
+    from interp.io import atomic_write_bytes
+
+    atomic_write_bytes(out_dir / "compare.md", format_markdown(out).encode())
+    return out
+
+
+def _f(x, fmt="{:.4f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def format_markdown(out: dict) -> str:
+    lines = ["# Runs compared", "",
+             "Probe R^2: held-out sequences, pooled over belief coordinates, weighted by sequence probability.",
+             "Causal: mean KL from the HMM's prediction at the steered-to belief to the model's next-token "
+             "distribution, before -> after moving the residual along the probe (random move of the same size "
+             "in brackets).", ""]
+    e2 = "{:.2e}"
+    lines += _table(
+        ["run", "family", "process", "relative loss", "probe R^2 (hook)", "all layers", "shuffled", "causal KL"],
+        [[r["run"], r["family"], r["process"], _f(r["relative_loss"], "{:.6f}"),
+          f"{_f(r['probe_r2'])} ({r['probe_hook']})", _f(r["probe_r2_all_layers"]), _f(r["probe_r2_shuffled"]),
+          f"{_f(r['causal']['kl_target_before'], e2)} -> {_f(r['causal']['kl_target_after'], e2)} "
+          f"({_f(r['causal']['kl_target_random'], e2)})"] for r in out["runs"]])
+    lines += ["", "## Construction (scaled vector addition) per process", ""]
+    keys = ["lambda_analytic", "lambda_fitted", "r2_analytic", "r2_analytic_readout", "r2_fitted", "r2_matrix_power"]
+    lines += _table(
+        ["process", "lambda analytic", "lambda fitted", "R^2 analytic", "R^2 analytic + read-out", "R^2 fitted",
+         "R^2 matrix power", "relative loss analytic", "relative loss fitted"],
+        [[label, *(_f(k.get(key)) for key in keys), _f(k.get("relative_loss_analytic"), "{:.6f}"),
+          _f(k.get("relative_loss_fitted"), "{:.6f}")] for label, k in out["construction"].items()])
+    att = [(r, a) for r in out["runs"] for a in r.get("attention", [])]
+    if att:
+        lines += ["", "## Attention", "",
+                  "Fixedness: mean std of each pattern entry across inputs; position share: the part of the "
+                  "pattern's variance that position alone explains. Decay: geometric fit of the mean pattern, "
+                  "leaving out the current (and previous) token where that fits better. TV: mean total-variation "
+                  "distance per query row to the construction's (row-normalised) pattern.", ""]
+        lines += _table(
+            ["run", "hook", "head", "std", "position share", "current", "previous", "decay (excluded)",
+             "TV to analytic", "TV to fitted"],
+            [[r["run"], a["hook"], str(a["head"]), _f(a["mean_std"]), _f(a["position_share"]),
+              _f(a["current_weight"]), _f(a["previous_weight"]),
+              f"{_f(a['exclude_' + str(a['best_exclude'])]['decay'])} ({a['best_exclude']})",
+              _f(a.get("distance_to_analytic", {}).get("tv")), _f(a.get("distance_to_fitted", {}).get("tv"))]
+             for r, a in att])
+    ssm = [(r, s) for r in out["runs"] for s in r.get("ssm", [])]
+    if ssm:
+        lines += ["", "## SSM spectrum", "",
+                  "Leading eigenvalues: the modes carrying most of the layer's output variance. Effective decay: "
+                  "the geometric rate at which a token's effect on the probed belief fades (fit over lags), with "
+                  "the cosine of that effect with the construction's v[x] at lags 1, 2, 3.", ""]
+        rows = []
+        for r, s in ssm:
+            eff = s.get("effective")
+            rows.append([r["run"], str(s["layer"]),
+                         ", ".join(f"{_cx(e['eigenvalue'])} ({e['share']:.2f})" for e in s.get("leading", [])) or "-",
+                         _f(eff and eff["decay"]),
+                         "-" if eff is None else ", ".join(f"{c:.3f}" for c in eff["cosine_with_v"][:3]),
+                         ", ".join(_cx(z) for z in s["smat_zero_sum_eigenvalues"])])
+        lines += _table(["run", "layer", "leading eigenvalues (share of output variance)", "effective decay",
+                         "cosine with v", "Smat on zero-sum vectors"], rows)
+    bn = [r for r in out["runs"] if "belief_net" in r]
+    if bn:
+        lines += ["", "## Belief Net against the true HMM (states matched)", ""]
+        lines += _table(["run", "A Frobenius", "C Frobenius", "mu L1"],
+                        [[r["run"], *(_f(r["belief_net"].get(k)) for k in ("A_frobenius", "C_frobenius", "mu_l1"))]
+                         if r["belief_net"]["comparable"] else [r["run"], r["belief_net"]["reason"], "", ""]
+                         for r in bn])
+    return "\n".join(lines) + "\n"
+
+
+def _cx(z) -> str:
+    re_, im = z
+    return f"{re_:.3f}" if abs(im) < 1e-9 else f"{re_:.3f}{im:+.3f}i"
+
+
+def build_construction_run(process: dict, context: int, out_dir: str | Path, *, decay: str = "analytic",
+                           name: str | None = None) -> dict:
+    """Write the hand-set TransformerLens construction as a run folder that loads, caches, probes and
+    compares like a trained run (it reads a BOS token first; ``model.json`` says which).
+
+    The model is ``transformer_construction(..., bos=True)``: a TransformerConfig with ``bos = true``.
+    ``decay="analytic"``: lambda and v from the HMM (needs Smat to be a scalar on zero-sum vectors);
+    ``"fitted"``: lambda, v and the offset fitted by least squares to the exact beliefs of the evaluation set."""
+    import os
+    import shutil
+    import tempfile
+
+    from interp.interpret.cache import evaluation_set
+    from interp.training.checkpoint import MODEL_FILE, MODEL_META, model_meta
+    from interp.hmm import beliefs as exact_beliefs
+    from interp.training.runconfig import run_config_from_dict
+
+    if decay not in ("analytic", "fitted"):
+        raise ValueError(f"decay must be 'analytic' or 'fitted', got {decay!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; remove it or choose another --out")
+    pre = run_config_from_dict({"name": name or out_dir.name, "process": process,
+                                "model": {"family": "transformer"}, "train": {"context": context}})
+    hmm = pre.process.build()
+    S, V = hmm.n_states, hmm.n_tokens
+    data = evaluation_set(hmm, context, seed=pre.seeds()["eval"])
+    eta = exact_beliefs(hmm, data.tokens)
+    lam, vectors, offset = K.analytic_decay(hmm), None, None
+    if decay == "analytic" and lam is None:
+        raise ValueError(f"{process_label(pre)}: Smat is not a scalar on zero-sum vectors, so there is no analytic "
+                         f"decay; use --decay fitted")
+    if decay == "fitted":
+        fit = K.fit_construction(data.tokens, eta, data.weight, n_tokens=V, bounds=(1e-3, 0.999))
+        lam, vectors, offset = fit.decay, fit.vectors, fit.offset
+    cfg = run_config_from_dict({**pre.to_dict(), "model": {"family": "transformer", "n_layers": 1, "n_heads": 1,
+                                                           "d_model": 2 * S + 1, "d_head": S, "bos": True},
+                                "train": {**pre.to_dict()["train"], "dtype": "float64"}})
+    model = K.transformer_construction(hmm, context, lam, vectors, bos=True, offset=offset)
+    with torch.no_grad():
+        logits = model(K.to_tokens_with_bos(data.tokens, V))[:, 1:-1].double()
+    nll = -torch.log_softmax(logits, -1).gather(-1, data.tokens[:, 1:, None]).squeeze(-1)
+    loss = float(data.weight @ nll.mean(1))
+    fitted = offset if offset is not None else hmm.pi
+    eta_hat = K.construction_beliefs(hmm, data.tokens, decay=lam, vectors=vectors, offset=fitted)
+    optimal = K.next_token_loss(hmm, data.tokens, data.weight, eta)
+    construction = {"decay_source": decay, "decay": lam, "bos_token": V, "channels": {
+        k: [s.start, s.stop] for k, s in K.transformer_channels(S).items()}}
+    result = {
+        "name": cfg.name, "family": "transformer", "construction": construction, "config_hash": cfg.hash(),
+        "eval_loss": loss, "optimal_loss": optimal, "relative_loss": loss / optimal,
+        "relative_loss_exact_readout": K.next_token_loss(hmm, data.tokens, data.weight, eta_hat) / optimal,
+        "note": "eval_loss: the model's own logits (first-order linear read-out of the belief channels); "
+                "exact_readout: the HMM's prediction from the simplex-projected construction belief; "
+                "both over positions 1..L-1 of the evaluation set, weighted by sequence probability",
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
+    try:
+        write_tensors(tmp / MODEL_FILE, model.state_dict())
+        write_json(tmp / MODEL_META, {**model_meta(cfg, V), "construction": construction})
+        write_json(tmp / "config.json", cfg.to_dict())
+        write_json(tmp / "result.json", result)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

@@ -1,0 +1,276 @@
+"""Activation caches: a trained model's hooks over an evaluation set, stored beside its run.
+
+``runs/<name>/cache/`` holds
+
+- ``cache.json``: the run's config hash and a SHA-256 of its weights (a cache whose run changed is
+  refused), the process, the evaluation set's kind, hook names, shapes and dtypes, and the shard list;
+- ``data.safetensors``: ``tokens`` [n, L], ``weight`` [n] (sums to 1), ``log_prob`` [n] and the exact
+  ``beliefs`` [n, L, S] (float64; position t is the posterior over the current state after token t);
+- ``shard_NNNNN.safetensors``: every cached hook for a block of sequences, so that writing never
+  holds more than one shard of activations and reading loads one hook at a time.
+
+Row i of every tensor is the same sequence, and position t of an activation is the model's state
+after reading tokens 0..t: activations, tokens and beliefs are aligned by (sequence, position).
+The evaluation set is every sequence of the context length with its exact probability when there
+are at most ``max_exhaustive`` of them (impossible ones dropped), otherwise sampled sequences with
+equal weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from interp import hmm as H
+from interp.io import read_json, read_tensors, write_json, write_tensors
+
+CACHE_DIR, CACHE_META, CACHE_DATA = "cache", "cache.json", "data.safetensors"
+RUN_MODEL, RUN_META = "model.safetensors", "model.json"
+CACHE_FORMAT = 1
+# The hooks a cache keeps: the residual stream at every layer, attention patterns and SSM states.
+# (hook_pos_embed is left out: it is the same W_pos for every input.)
+_HOOK_PATTERN = re.compile(r"^(hook_embed|blocks\.(\d+)\.(hook_resid_pre|hook_state|attn\.hook_pattern|hook_resid_post))$")
+_HOOK_ORDER = ["hook_resid_pre", "hook_state", "attn.hook_pattern", "hook_resid_post"]
+
+
+class StaleCacheError(ValueError):
+    """The cache was made from other weights or another config than its run has now."""
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    tokens: torch.Tensor  # [n, L] int64
+    weight: torch.Tensor  # [n] float64, sums to 1
+    log_prob: torch.Tensor  # [n] float64, log P(sequence)
+    exhaustive: bool  # every possible sequence (weights = probabilities) or a sample (equal weights)
+
+
+def all_sequences(n_tokens: int, length: int) -> torch.Tensor:
+    """[V^L, L] every sequence in lexicographic order."""
+    idx = torch.arange(n_tokens**length, dtype=torch.int64)
+    powers = n_tokens ** torch.arange(length - 1, -1, -1, dtype=torch.int64)
+    return (idx[:, None] // powers) % n_tokens
+
+
+def evaluation_set(hmm: H.HMM, length: int, *, max_exhaustive: int = 10**5, n_samples: int = 20_000,
+                   seed: int = 0) -> EvaluationSet:
+    """Every sequence of ``length`` with its probability if there are <= ``max_exhaustive``, else a sample."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if hmm.n_tokens**length <= max_exhaustive:
+        tokens = all_sequences(hmm.n_tokens, length)
+        log_prob = H.log_likelihood(hmm, tokens)
+        keep = torch.isfinite(log_prob)
+        tokens, log_prob = tokens[keep], log_prob[keep]
+        weight = torch.exp(log_prob)
+        return EvaluationSet(tokens, weight / weight.sum(), log_prob, True)
+    tokens = H.sample(hmm, n_samples, length, seed=seed).cpu()
+    log_prob = H.log_likelihood(hmm, tokens)
+    weight = torch.full((n_samples,), 1.0 / n_samples, dtype=torch.float64)
+    return EvaluationSet(tokens, weight, log_prob, False)
+
+
+def cached_hook_names(model: torch.nn.Module) -> list[str]:
+    """The model's hooks that a cache keeps, in forward order (embedding, then layer by layer)."""
+    def key(name: str) -> tuple[int, int]:
+        m = _HOOK_PATTERN.match(name)
+        return (-1, 0) if m.group(2) is None else (int(m.group(2)), _HOOK_ORDER.index(m.group(3)))
+
+    return sorted((name for name in model.hook_dict if _HOOK_PATTERN.match(name)), key=key)
+
+
+def _aliases(names: list[str]) -> dict[str, str]:
+    """resid_pre of layer l + 1 is resid_post of layer l in every family: stored once."""
+    out = {}
+    for name in names:
+        m = _HOOK_PATTERN.match(name)
+        if m.group(3) == "hook_resid_pre" and int(m.group(2)) > 0:
+            prev = f"blocks.{int(m.group(2)) - 1}.hook_resid_post"
+            if prev in names:
+                out[name] = prev
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_fingerprint(run_dir: Path) -> dict:
+    """What a cache must match: the run's config hash and the SHA-256 of its final weights."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir} has no final weights ({RUN_MODEL}): is the run finished? "
+                                f"(`interp train <config> --resume` completes it)")
+    meta = read_json(run_dir / RUN_META)
+    if "config_hash" not in meta:
+        raise ValueError(f"{run_dir / RUN_META} has no config_hash (corrupt?)")
+    return {"config_hash": meta["config_hash"], "weights_sha256": file_sha256(run_dir / RUN_MODEL)}
+
+
+@torch.no_grad()
+def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batch_size: int = 4096,
+                shard_size: int = 8192, max_exhaustive: int = 10**5, n_samples: int = 20_000,
+                log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Run the trained model of ``run_dir`` over its evaluation set and write ``run_dir/cache/``.
+
+    The cache is written into a temporary folder and renamed into place when complete."""
+    from interp.training.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    fingerprint = run_fingerprint(run_dir)
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    if not isinstance(hmm, H.HMM):
+        raise ValueError(f"{run_dir}: caching and probing need the exact beliefs of a dense HMM; process "
+                         f"{cfg.process.name!r} is block-sparse (its filter is interp.hmm.blocked.BlockedHMM.filter)")
+    data = evaluation_set(hmm, cfg.train.context, max_exhaustive=max_exhaustive, n_samples=n_samples,
+                          seed=cfg.seeds()["eval"])
+    beliefs = H.beliefs(hmm, data.tokens)
+    names = cached_hook_names(model)
+    n = data.tokens.shape[0]
+    bos = read_json(run_dir / RUN_META).get("bos_token")  # models that read a BOS token first
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.tmp_"))
+    try:
+        write_tensors(tmp / CACHE_DATA, {"tokens": data.tokens, "weight": data.weight, "log_prob": data.log_prob,
+                                         "beliefs": beliefs})
+        aliases = _aliases(names)
+        stored = [name for name in names if name not in aliases]
+        shards, shapes, dtypes = [], {}, {}
+        for k, start in enumerate(range(0, n, shard_size)):
+            chunks: dict[str, list[torch.Tensor]] = {name: [] for name in stored}
+            for tok in data.tokens[start:start + shard_size].split(batch_size):
+                tok = tok.to(device)
+                if bos is not None:  # feed [BOS, x_0..x_{L-1}] and keep positions aligned with the tokens
+                    tok = torch.cat([torch.full_like(tok[:, :1], bos), tok], 1)
+                _, cache = model.run_with_cache(tok, names_filter=lambda name: name in names)
+                if bos is not None:
+                    cache = {name: _drop_bos(name, cache[name]) for name in names}
+                for name, same in aliases.items():
+                    if not torch.equal(cache[name], cache[same]):
+                        raise RuntimeError(f"{name} differs from {same} in this model; the cache cannot alias them")
+                for name in stored:
+                    chunks[name].append(cache[name].detach().cpu())
+                del cache
+            block = {name: torch.cat(parts) for name, parts in chunks.items()}
+            del chunks
+            shapes = {name: [n, *block[aliases.get(name, name)].shape[1:]] for name in names}
+            dtypes = {name: str(block[aliases.get(name, name)].dtype).removeprefix("torch.") for name in names}
+            shard = f"shard_{k:05d}.safetensors"
+            write_tensors(tmp / shard, block)
+            shards.append({"file": shard, "start": start, "stop": min(start + shard_size, n)})
+            del block
+            log(f"cache: {shards[-1]['stop']}/{n} sequences")
+        write_json(tmp / CACHE_META, {
+            "format": CACHE_FORMAT, "run": cfg.name, **fingerprint, "family": cfg.model.family,
+            "process": {"name": cfg.process.name, "params": dict(cfg.process.params)},
+            "n_sequences": n, "length": cfg.train.context, "n_tokens": hmm.n_tokens, "n_states": hmm.n_states,
+            "exhaustive": data.exhaustive, "bos_token": bos, "hooks": names, "aliases": aliases, "shapes": shapes, "dtypes": dtypes, "shards": shards,
+        })
+        final = run_dir / CACHE_DIR
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.old_"))
+            os.replace(final, old / CACHE_DIR)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _drop_bos(name: str, act: torch.Tensor) -> torch.Tensor:
+    """Remove the BOS position; patterns also lose the BOS key (their rows then sum to less than 1)."""
+    return act[..., 1:, 1:] if "hook_pattern" in name else act[:, 1:]
+
+
+class ActivationCache:
+    """A run's cache, checked against the run; hooks are loaded lazily, one at a time."""
+
+    def __init__(self, run_dir: str | Path, *, check: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / CACHE_DIR
+        if not (self.path / CACHE_META).is_file():
+            raise FileNotFoundError(f"no activation cache at {self.path} (make one with `interp cache {self.run_dir}`)")
+        self.meta = read_json(self.path / CACHE_META)
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{self.path / CACHE_META}: unknown cache format {self.meta.get('format')!r}")
+        if check:
+            now = run_fingerprint(self.run_dir)
+            for key in ("config_hash", "weights_sha256"):
+                if self.meta.get(key) != now[key]:
+                    raise StaleCacheError(
+                        f"the cache at {self.path} is stale: its {key} {self.meta.get(key)!r} does not match the "
+                        f"run's {now[key]!r}; rebuild it with `interp cache {self.run_dir} --force`")
+        data = read_tensors(self.path / CACHE_DATA)
+        try:
+            self.tokens, self.weight = data["tokens"], data["weight"]
+            self.log_prob, self.beliefs = data["log_prob"], data["beliefs"]
+        except KeyError as err:
+            raise ValueError(f"{self.path / CACHE_DATA} lacks {err} (corrupt?)") from None
+        self._loaded: dict[str, torch.Tensor] = {}
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.meta["hooks"])
+
+    @property
+    def exhaustive(self) -> bool:
+        return bool(self.meta["exhaustive"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.meta["hooks"]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """[n, L, ...] the hook's activations for every sequence, in the order of ``tokens``."""
+        if name not in self.meta["hooks"]:
+            raise KeyError(f"hook {name!r} is not in the cache (it has {', '.join(self.hooks)})")
+        name = self.meta.get("aliases", {}).get(name, name)
+        if name not in self._loaded:
+            parts = []
+            for shard in self.meta["shards"]:
+                path = self.path / shard["file"]
+                try:
+                    with safe_open(str(path), framework="pt") as f:
+                        parts.append(f.get_tensor(name))
+                except (SafetensorError, OSError) as err:
+                    raise ValueError(f"cannot read {name!r} from {path} (corrupt or missing?): {err}") from err
+            out = torch.cat(parts)
+            if list(out.shape) != self.meta["shapes"][name]:
+                raise ValueError(f"{self.path}: hook {name!r} has shape {list(out.shape)}, "
+                                 f"metadata says {self.meta['shapes'][name]} (corrupt?)")
+            self._loaded[name] = out
+        return self._loaded[name]
+
+    def release(self, name: str | None = None) -> None:
+        """Forget loaded activations (all, or one hook) to free memory."""
+        if name is None:
+            self._loaded.clear()
+        else:
+            self._loaded.pop(name, None)
+
+
+def load_cache(run_dir: str | Path, *, check: bool = True) -> ActivationCache:
+    return ActivationCache(run_dir, check=check)
+
+
+def cache_is_fresh(run_dir: str | Path) -> bool:
+    try:
+        ActivationCache(run_dir)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
