@@ -59,13 +59,14 @@ def cmd_figures(args) -> None:
     from pathlib import Path
 
     from interp.io import read_json
-    from interp.pipeline.pipeline import PIPELINE_FILE, draw_figures, figure_inputs, pipeline_config_from_dict
+    from interp.pipeline.pipeline import draw_figures, figure_inputs, pipeline_config_from_dict
+    from interp.rundir import PIPELINE
 
     root = Path(args.run)
-    if not (root / PIPELINE_FILE).is_file():
-        raise FileNotFoundError(f"no pipeline folder at {root} (it has no {PIPELINE_FILE}); run `interp run` first")
-    cfg = pipeline_config_from_dict(read_json(root / PIPELINE_FILE))
-    out = Path(args.out or cfg.figures_out)
+    if not (root / PIPELINE).is_file():
+        raise FileNotFoundError(f"no pipeline folder at {root} (it has no {PIPELINE}); run `interp run` first")
+    cfg = pipeline_config_from_dict(read_json(root / PIPELINE))
+    out = Path(args.out or cfg.figures.out)
     t0 = time.perf_counter()
     names = draw_figures(figure_inputs(cfg, root), out, command=f"interp figures {root}")
     print(f"{len(names)} files in {time.perf_counter() - t0:.1f} s -> {out}")
@@ -126,9 +127,9 @@ def cmd_train(args) -> None:
     run_dir = Path(args.out) if args.out else Path(args.config).parent / cfg.name
     result = Trainer(cfg, run_dir, device=_device(args.device), resume=args.resume, force=args.force,
                      log=lambda msg: print(msg, file=sys.stderr, flush=True)).run()
-    print(f"{cfg.name}: eval loss {result['eval_loss']:.6f}, optimal {result['optimal_loss']:.6f}, "
-          f"relative {result['relative_loss']:.6f}, gap fraction {result['gap_fraction']:.4f}; "
-          f"{result['steps']} steps in {result['train_seconds']:.1f} s -> {run_dir}")
+    print(f"{cfg.name}: eval loss {result.eval_loss:.6f}, optimal {result.optimal_loss:.6f}, "
+          f"relative {result.relative_loss:.6f}, gap fraction {result.gap_fraction:.4f}; "
+          f"{result.steps} steps in {result.train_seconds:.1f} s -> {run_dir}")
 
 
 def cmd_cache(args) -> None:
@@ -136,12 +137,13 @@ def cmd_cache(args) -> None:
     from pathlib import Path
 
     from interp.interpret.cache import build_cache, cache_is_fresh
+    from interp.rundir import CACHE
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
     if not args.force and cache_is_fresh(run_dir):
-        print(f"{run_dir / 'cache'}: up to date (use --force to rebuild)")
+        print(f"{run_dir / CACHE}: up to date (use --force to rebuild)")
         return
     t0 = time.perf_counter()
     path = build_cache(run_dir, device=_device(args.device), batch_size=args.batch_size,
@@ -159,6 +161,7 @@ def cmd_probe(args) -> None:
     from pathlib import Path
 
     from interp.interpret.analyse import CONCAT, probe_run
+    from interp.rundir import PROBE
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -169,16 +172,16 @@ def cmd_probe(args) -> None:
                     causal_points=args.causal_points, device=_device(args.device),
                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"{'hook':<28} {'R^2 test':>9} {'R^2 train':>9} {'RMSE':>8} {'dist':>8} {'shuffled':>9}")
-    for name, sc in [*out["hooks"].items(), (CONCAT, out[CONCAT])]:
+    for name, sc in [*out.hooks.items(), (CONCAT, out.all_layers)]:
         print(f"{name:<28} {sc['r2']:>9.4f} {sc['r2_train']:>9.4f} {sc['rmse']:>8.4f} "
               f"{sc['simplex_distance']:>8.4f} {sc['shuffled_r2']:>9.4f}")
-    c = out["causal"]
-    print(f"best hook {out['best_hook']} (R^2 {out['best_r2']:.4f}; {out['r2']})")
+    c = out.causal
+    print(f"best hook {out.best_hook} (R^2 {out.best_r2:.4f}; {out.r2})")
     print(f"causal check at {c['hook']} over {c['n_points']} points: KL(HMM at target belief || model) "
           f"{c['kl_target_before']:.2e} before, {c['kl_target_after']:.2e} after the move, "
           f"{c['kl_target_random']:.2e} after a random move of the same size; closer at {c['share_closer']:.1%} "
           f"of points; R^2 of the change {c['change_r2']:.3f}")
-    print(f"-> {run_dir / 'probe.json'}")
+    print(f"-> {run_dir / PROBE}")
 
 
 def cmd_compare(args) -> None:
@@ -186,14 +189,15 @@ def cmd_compare(args) -> None:
     from pathlib import Path
 
     from interp.interpret.analyse import compare_runs
+    from interp.rundir import COMPARE_JSON, COMPARE_MD
 
     if not args.runs:
         raise ValueError("give at least one run folder")
     out_dir = Path(args.out)
     compare_runs([Path(r) for r in args.runs], out_dir, device=_device(args.device),
                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print((out_dir / "compare.md").read_text())
-    print(f"-> {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
+    print((out_dir / COMPARE_MD).read_text())
+    print(f"-> {out_dir / COMPARE_MD}, {out_dir / COMPARE_JSON}")
 
 
 def cmd_construct(args) -> None:
@@ -216,6 +220,7 @@ def cmd_recover(args) -> None:
 
     from dataclasses import replace
 
+    from interp.rundir import RECOVERY
     from interp.studies.recovery import load_recovery_config, run_recovery
 
     cfg = load_recovery_config(args.config)
@@ -243,7 +248,7 @@ def cmd_recover(args) -> None:
               f"{sp['median']:.1f}x sooner (median; {sp['min']:.1f}x to {sp['max']:.1f}x)")
     else:
         print(f"Belief Net never reached Baum-Welch's final held-out NLL ({sp['n_seeds']} seeds)")
-    print(f"-> {out_dir / 'recovery.json'}")
+    print(f"-> {out_dir / RECOVERY}")
 
 
 def cmd_bench(args) -> None:

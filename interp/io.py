@@ -2,10 +2,12 @@
 
 A write goes to a temporary file in the same folder, is flushed and fsynced, then renamed
 over the target, so a crash leaves either the old file or the new one, never half of one.
+The two hashes every freshness check uses live here too: :func:`sha256_file` and :func:`fingerprint`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +17,21 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in blocks, so large caches do not sit in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-like object: SHA-256 of its canonical JSON (sorted keys; anything JSON
+    cannot hold is written as ``str``), first 16 hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -173,7 +173,7 @@ def test_each_family_loads_with_its_own_fields(tmp_path):
         "fixed_attention": ({"family": "fixed_attention", "pattern": "raw", "skip": False},
                             FixedAttentionConfig(pattern="raw", skip=False)),
         "ssm": ({"family": "ssm", "n_layers": 2, "transition": "complex"}, SSMConfig(n_layers=2, transition="complex")),
-        "belief_net": ({"family": "belief_net", "init": "true", "init_scale": 0}, BeliefNetConfig(init="true", init_scale=0.0)),
+        "belief_net": ({"family": "belief_net", "init": "truth", "init_scale": 0}, BeliefNetConfig(init="truth", init_scale=0.0)),
     }
     for family, (table, expected) in models.items():
         assert load_run_config(write_config(tmp_path, mutated("model", table), f"{family}.toml")).model == expected
@@ -274,3 +274,95 @@ def test_lr_linear_endpoints_and_midpoint():
 def test_lr_constant_without_warmup():
     cfg = TrainConfig(lr=3e-3, steps=10)
     assert {lr_at(cfg, s) for s in range(10)} == {3e-3}
+
+
+# ------------------------------------------------- one loader, every kind
+def _shipped_kinds() -> list[tuple[Path, str]]:
+    from importlib.resources import files
+
+    kinds = [(p, "run") for p in SHIPPED] + [(p, "recovery") for p in SHIPPED_RECOVERY]
+    kinds += [(p, "sweep") for p in SHIPPED_SWEEPS]
+    return kinds + [(Path(str(files("interp.pipeline").joinpath("default.toml"))), "pipeline")]
+
+
+@pytest.mark.parametrize("path,kind", _shipped_kinds(), ids=[f"{k}-{p.stem}" for p, k in _shipped_kinds()])
+def test_every_shipped_config_loads_with_the_one_loader(path, kind):
+    from interp.config import config_class, load, load_config, to_dict
+
+    cfg = load_config(path, kind)
+    assert type(cfg) is config_class(kind)
+    assert cfg.name == tomllib_name(path)
+    # what a run folder saves (config.json, pipeline.json, sweep.json's config) reads back to the same config
+    assert load(type(cfg), json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def tomllib_name(path: Path) -> str:
+    import tomllib
+
+    return tomllib.loads(path.read_text()).get("name", path.stem)
+
+
+# kind -> (a TOML, a dotted path deep inside it where an unknown key goes, what the message names)
+DEEP = {
+    "run": (to_toml(VALID), "train", "train.colour"),
+    "recovery": ("seeds = [0]\n[belief_net]\nlr = 0.1\n", "belief_net", "belief_net.colour"),
+    "sweep": ('seeds = [0]\n[grid]\n"train.lr" = [0.1]\n[process]\nname = "mess3"\n[model]\nfamily = "ssm"\n'
+              "[train]\nsteps = 5\n", "train", "train.colour"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DEEP) + ["pipeline"])
+def test_an_unknown_key_deep_inside_each_kind_names_its_dotted_path_and_the_file(tmp_path, kind):
+    from importlib.resources import files
+
+    from interp.config import load_config
+
+    if kind == "pipeline":
+        text = files("interp.pipeline").joinpath("default.toml").read_text()
+        text = text.replace("train = { steps = 2000 }\n\n[models.belief_net]",
+                            "train = { steps = 2000, colour = 1 }\n\n[models.belief_net]")
+        wanted = "models.ssm.train.colour"
+        assert text.count("colour") == 1
+    else:
+        text, table, wanted = DEEP[kind]
+        text = text.replace(f"[{table}]\n", f"[{table}]\ncolour = 1\n")
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, kind)
+    assert str(err.value).startswith(f"{path}: unknown key {wanted} (allowed: "), str(err.value)
+
+
+def test_a_pipeline_model_inherits_the_shared_train_and_overrides_it():
+    from interp.pipeline.pipeline import default_pipeline_config
+
+    cfg = default_pipeline_config()
+    shared, bn = cfg.train, cfg.runs["belief_net"].train
+    assert (bn.lr, bn.steps) == (3e-2, 1000)  # its own table wins
+    assert (bn.context, bn.batch_size, bn.schedule, bn.warmup_steps) == (10, 512, "cosine", 100)  # the shared
+    assert shared.lr == 3e-3 and cfg.runs["transformer"].train.lr == 3e-3
+    assert cfg.runs["ssm"].model == SSMConfig(d_state=16, transition="diagonal")
+    # a table's family may be left out (it is the table's name), and must match it when given
+    data = tomllib_default()
+    del data["models"]["ssm"]["model"]["family"]
+    from interp.pipeline.pipeline import pipeline_config_from_dict
+
+    assert pipeline_config_from_dict(data).runs["ssm"] == cfg.runs["ssm"]
+    data["models"]["ssm"]["model"]["family"] = "belief_net"
+    with pytest.raises(ConfigError, match=r"^models\.ssm\.model\.family must be 'ssm' \(the table's name\)"):
+        pipeline_config_from_dict(data)
+
+
+def tomllib_default() -> dict:
+    import tomllib
+    from importlib.resources import files
+
+    return tomllib.loads(files("interp.pipeline").joinpath("default.toml").read_text())
+
+
+def test_a_pipeline_model_table_may_be_left_out_and_gets_the_familys_defaults():
+    from interp.pipeline.pipeline import pipeline_config_from_dict
+
+    data = tomllib_default()
+    del data["models"]["ssm"]["model"]
+    assert pipeline_config_from_dict(data).runs["ssm"].model == SSMConfig()

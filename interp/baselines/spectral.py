@@ -38,14 +38,17 @@ All numbers are float64.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from interp.hmm.core import HMM, EmissionForm
 
-__all__ = ["Moments", "empirical_moments", "exact_moments", "SpectralHMM", "recover_emission_form"]
+__all__ = ["Moments", "empirical_moments", "exact_moments", "SpectralHMM", "EmissionRecovery",
+           "fit_emission_form", "recover_emission_form"]
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -301,32 +304,115 @@ class SpectralHMM:
 
 
 # ------------------------------------------------------------------------ parameter recovery
-def _joint_eigenvectors(Bt: torch.Tensor, R: torch.Tensor, iters: int, tol: float = 1e-12) -> torch.Tensor:
+# Columns of R whose directions are this close (condition number of the column-normalised R) are taken as
+# collapsed onto one eigenvector: inverting R would lose more than half of float64's digits.
+_COLLAPSED = 1e8
+
+Refinement = Literal["converged", "iterations_exhausted", "kept_last_good", "unrefined"]
+
+
+def _condition(R: torch.Tensor) -> float:
+    """Condition number of R with unit columns (inf if R is singular or a column is zero)."""
+    norms = R.norm(dim=0)
+    if not bool((norms > 0).all()):
+        return math.inf
+    s = torch.linalg.svdvals(R / norms)
+    return float(s[0] / s[-1]) if bool(s[-1] > 0) else math.inf
+
+
+def _inverse(R: torch.Tensor) -> torch.Tensor:
+    """R^{-1}, or the pseudo-inverse where R is (numerically) singular and ``inv`` would fail or explode."""
+    return torch.linalg.inv(R) if _condition(R) <= _COLLAPSED else torch.linalg.pinv(R)
+
+
+def _real_basis(vals: torch.Tensor, vecs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """A real [r, r] basis from ``torch.linalg.eig``'s eigenvectors of a real matrix.
+
+    Real eigenvalues keep their (real) eigenvectors. A complex pair ``v, conj(v)`` spans the same real plane as
+    ``Re v, Im v``: the first column of the pair gets ``Re v`` and its partner ``Im v``. Taking ``Re`` of both
+    (``vecs.real``) would give two equal columns, a singular R. LAPACK returns exact conjugate pairs with
+    the positive imaginary part first; anything else keeps ``vecs.real``."""
+    R = vecs.real.clone()
+    im = vals.imag
+    if not bool((im != 0).any()):
+        return R, "eigenvectors"
+    partners = [j for j in range(len(vals)) if im[j] < 0]
+    firsts = [i for i in range(len(vals)) if im[i] > 0]
+    if len(partners) != len(firsts):
+        return R, "eigenvectors"
+    for i in firsts:
+        j = min(partners, key=lambda k: (float((vals[k] - vals[i].conj()).abs()), abs(k - i)))
+        partners.remove(j)
+        R[:, j] = vecs[:, i].imag
+    return R, "real_basis"
+
+
+def _joint_eigenvectors(Bt: torch.Tensor, R: torch.Tensor, iters: int,
+                        tol: float = 1e-12) -> tuple[torch.Tensor, Refinement, int]:
     """Refine common eigenvectors R [r, r] of the operators Bt [V, r, r] by alternating least squares.
 
     With ``D[x, h] = (R^{-1} Bt_x R)[h, h]`` fixed, column h becomes the unit vector minimising
     ``sum_x ||(Bt_x - D[x, h] I) r_h||^2``: the smallest eigenvector of a Gram matrix that pools every
     token's operator. One random combination's eigenvectors are at the mercy of its smallest eigengap;
-    the pooled fit averages the sampling noise of all V operators. Exact eigenvectors are a fixed point."""
+    the pooled fit averages the sampling noise of all V operators. Exact eigenvectors are a fixed point.
+
+    Each column is updated on its own, so two columns can be drawn to the same eigenvector (seen on sampled
+    moments; then R is singular). A sweep that leaves R with condition number above ``_COLLAPSED`` is
+    discarded and the estimate before it kept. Returns (R with unit columns, what happened, sweeps kept):
+    "converged" (a sweep moved no entry by ``tol``), "iterations_exhausted" or "kept_last_good"."""
     r = R.shape[0]
     eye = torch.eye(r, dtype=Bt.dtype, device=Bt.device)
     gram = torch.einsum("xij,xik->jk", Bt, Bt)  # sum_x Bt_x^T Bt_x
     bsym = Bt + Bt.transpose(1, 2)
     R = R / R.norm(dim=0)
+    status: Refinement = "iterations_exhausted"
+    sweeps = 0
     for _ in range(iters):
-        D = torch.einsum("hr,xrq,qh->xh", torch.linalg.inv(R), Bt, R)  # [V, r]
+        D = torch.einsum("hr,xrq,qh->xh", _inverse(R), Bt, R)  # [V, r]
         G = gram - torch.einsum("xh,xij->hij", D, bsym) + (D * D).sum(0)[:, None, None] * eye  # [r, r, r]
         new = torch.linalg.eigh(G).eigenvectors[:, :, 0].T  # column h: smallest eigenvector of G[h]
         new = new * torch.where((new * R).sum(0) < 0, -1.0, 1.0)  # eigh's sign is arbitrary: keep each column's
+        if not _condition(new) <= _COLLAPSED:
+            status = "kept_last_good"
+            break
         done = bool((new - R).abs().max() < tol)
         R = new
+        sweeps += 1
         if done:
+            status = "converged"
             break
-    return R
+    return R, status, sweeps
 
 
-def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Generator,
-                          eps: float = 1e-8, refine_iters: int = 50) -> EmissionForm:
+def _stochastic(M: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rows clipped below at ``eps`` and normalised; a non-finite entry (a degenerate estimate) counts as 0."""
+    M = torch.nan_to_num(M, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(eps)
+    return M / M.sum(-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class EmissionRecovery:
+    """What :func:`fit_emission_form` returns: the parameters and how the eigenvectors behind them were found.
+
+    start: "eigenvectors" (the random combination's eigenvectors were real), "real_basis" (it had complex
+    pairs, replaced by their real and imaginary parts), "orthogonalised" (its eigenvectors were nearly
+    parallel, a repeated eigenvalue: replaced by an orthonormal basis of their span, completed) or "complex"
+    (``refine_iters = 0``: the plain method keeps the complex eigenvectors).
+    refinement: "converged", "iterations_exhausted" (``refine_iters`` sweeps ran without converging),
+    "kept_last_good" (a sweep collapsed two columns onto one eigenvector; the estimate before it was kept)
+    or "unrefined" (``refine_iters = 0``). sweeps: refinement sweeps kept. condition: condition number of the
+    final R with unit columns (above ``1e8`` its pseudo-inverse was used).
+    """
+
+    params: EmissionForm
+    refinement: Refinement
+    start: str
+    sweeps: int
+    condition: float
+
+
+def fit_emission_form(moments: Moments, rank: int, *, generator: torch.Generator,
+                      eps: float = 1e-8, refine_iters: int = 50) -> EmissionRecovery:
     """Estimate (mu, A, C) of a ``rank``-state emission-form HMM (``x_t ~ C[z_t]``, ``z_{t+1} ~ A[z_t]``).
 
     Given the middle state h of a triple, the three tokens are independent, so with
@@ -334,8 +420,9 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     ``P3x1[x] = M3 diag(w) diag(C[:, x]) M1^T`` and ``P31 = M3 diag(w) M1^T``. With ``P31 = U S V^T``
     (top ``rank`` singular triples), ``Bt_x = U^T P3x1[x] V S^{-1} = R diag(C[:, x]) R^{-1}``,
     ``R = U^T M3``: every Bt_x is diagonalised by the same R. R is taken from the eigenvectors of a
-    random combination ``sum_x eta_x Bt_x`` (eta ~ N(0, I) from ``generator``), refined jointly over
-    all V operators (``refine_iters`` alternating least-squares sweeps, :func:`_joint_eigenvectors`), and
+    random combination ``sum_x eta_x Bt_x`` (eta ~ N(0, I) from ``generator``; a complex pair, which sampled
+    moments can give, contributes its real and imaginary parts), refined jointly over all V operators
+    (``refine_iters`` alternating least-squares sweeps, :func:`_joint_eigenvectors`), and
     ``C[h, x] = (R^{-1} Bt_x R)[h, h]``: the emissions of the middle state (AHK 2012).
     Transitions from pairs: ``P21^T = C^T diag(mu) A C``, so ``J = (C^T)^+ P21^T C^+ = diag(mu) A``.
     Projection to valid parameters: real parts, entries clipped below at ``eps``, rows of C and of J
@@ -347,6 +434,8 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
     exist, and A comes from the observable operators instead (:func:`_transitions_from_operators`), mu as
     A's stationary distribution. With single tokens in the overcomplete case only a rank-V model can be
     returned, which is not the true one.
+    Degenerate inputs (repeated eigenvalues, columns collapsing in the refinement, a singular R) do not raise:
+    the result is always a valid HMM, and :class:`EmissionRecovery` says which fallback was taken.
     """
     V, h = moments.n_tokens, moments.window
     rank = _check_rank(rank, V, h)
@@ -362,22 +451,34 @@ def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Gener
         raise ValueError(f"P31 has rank below {rank}: the moments cannot identify {rank} states")
     Bt = (U.T @ moments.P3x1 @ Vr) / s  # [V, r, r]: U^T P3x1[x] V diag(1/s)
     eta = torch.randn(V, generator=generator, dtype=torch.float64).to(Bt.device)
-    _, R = torch.linalg.eig(torch.einsum("x,xrq->rq", eta, Bt))  # [r, r] complex eigenvectors
+    vals, R = torch.linalg.eig(torch.einsum("x,xrq->rq", eta, Bt))  # [r, r] complex eigenvectors
     if refine_iters:
-        R = _joint_eigenvectors(Bt, R.real, refine_iters)  # the true ones are real
-        C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt, R)  # [r, V]
+        R, start = _real_basis(vals, R)  # the true ones are real
+        if not _condition(R) <= _COLLAPSED:  # a repeated eigenvalue: no direction within its eigenspace is preferred
+            R, start = torch.linalg.qr(R).Q, "orthogonalised"
+        R, refinement, sweeps = _joint_eigenvectors(Bt, R, refine_iters)
+        C = torch.einsum("hr,xrq,qh->hx", _inverse(R), Bt, R)  # [r, V]
     else:  # the plain method: one combination's (possibly complex) eigenvectors
-        C = torch.einsum("hr,xrq,qh->hx", torch.linalg.inv(R), Bt.to(R.dtype), R).real
-    C = C.clamp_min(eps)
-    C = C / C.sum(1, keepdim=True)
+        start, refinement, sweeps = "complex", "unrefined", 0
+        C = torch.einsum("hr,xrq,qh->hx", _inverse(R), Bt.to(R.dtype), R).real
+    condition = _condition(R)
+    C = _stochastic(C, eps)
     if h == 1:
         J = torch.linalg.pinv(C.T) @ moments.P21.T @ torch.linalg.pinv(C)  # [r, r] ~ diag(mu) A
-        J = J.clamp_min(eps)
+        J = torch.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(eps)
         A = J / J.sum(1, keepdim=True)
         mu = J.sum(1) / J.sum()
-        return EmissionForm(mu, A, C)
-    A = _transitions_from_operators(moments, U, R, eps)
-    return EmissionForm(_stationary(A, eps), A, C)
+        params = EmissionForm(mu, A, C)
+    else:
+        A = _transitions_from_operators(moments, U, R, eps)
+        params = EmissionForm(_stationary(A, eps), A, C)
+    return EmissionRecovery(params, refinement, start, sweeps, condition)
+
+
+def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Generator,
+                          eps: float = 1e-8, refine_iters: int = 50) -> EmissionForm:
+    """The parameters of :func:`fit_emission_form` (which also says how its eigenvectors were found)."""
+    return fit_emission_form(moments, rank, generator=generator, eps=eps, refine_iters=refine_iters).params
 
 
 def _transitions_from_operators(moments: Moments, U: torch.Tensor, R: torch.Tensor, eps: float) -> torch.Tensor:
@@ -389,16 +490,25 @@ def _transitions_from_operators(moments: Moments, U: torch.Tensor, R: torch.Tens
     rows sum to 1, ``d = diag(D)`` is the eigenvector of ``X^T`` for the eigenvalue 1: ``A = D^{-1} X^T D``.
     Needs A invertible. Projected to a stochastic matrix as in :func:`recover_emission_form`."""
     B = (U.T @ moments.P31) @ torch.linalg.pinv(U.T @ moments.P21)  # sum_x B_x, [r, r]
-    X = (torch.linalg.inv(R) @ B.to(R.dtype) @ R).real
-    vals, vecs = torch.linalg.eig(X.T)
-    d = vecs[:, torch.argmin((vals - 1).abs())].real
-    d = d * torch.sign(d.sum())
-    A = (X.T * d[None, :] / d[:, None]).clamp_min(eps)
-    return A / A.sum(1, keepdim=True)
+    X = (_inverse(R) @ B.to(R.dtype) @ R).real
+    d = _eigenvector_for_one(X.T)
+    if not bool(torch.isfinite(d).all() and (d != 0).all()):
+        d = torch.ones_like(d)  # no usable scaling: D = I
+    return _stochastic(X.T * d[None, :] / d[:, None], eps)
+
+
+def _eigenvector_for_one(M: torch.Tensor) -> torch.Tensor:
+    """The real part of M's eigenvector for the eigenvalue nearest 1, signed to a non-negative sum.
+
+    If 1 is (nearly) repeated, as for a reducible chain, eig's order would pick one of the tied eigenvectors
+    by accident: the sum of the tied ones is taken instead, positive wherever they are."""
+    vals, vecs = torch.linalg.eig(M)
+    dist = (vals - 1).abs()
+    tied = dist <= dist.min() + 1e-9
+    v = vecs[:, tied].real
+    v = v * torch.where(v.sum(0) < 0, -1.0, 1.0)
+    return v.sum(1)
 
 
 def _stationary(A: torch.Tensor, eps: float) -> torch.Tensor:
-    vals, vecs = torch.linalg.eig(A.T)
-    mu = vecs[:, torch.argmin((vals - 1).abs())].real
-    mu = (mu * torch.sign(mu.sum())).clamp_min(eps)
-    return mu / mu.sum()
+    return _stochastic(_eigenvector_for_one(A.T), eps)

@@ -44,7 +44,7 @@ _ROW_SECONDS = 0.5
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 3072, 4096),
                 reps: int = 5) -> float:
-    """Best GFLOP/s of square matrix products over ``sizes`` (2048^2 alone under-reads the peak here)."""
+    """Best GFLOP/s of square matrix products over ``sizes`` (2048^2 alone can under-read the peak)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = 0.0
     for n in sizes:

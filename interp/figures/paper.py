@@ -33,6 +33,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,6 +43,9 @@ from matplotlib.colors import LogNorm
 from interp.figures import recovery as recovery_figures
 from interp.figures import style  # sets the Agg backend
 from interp.io import read_json, read_jsonl, read_tensors
+
+if TYPE_CHECKING:
+    from interp.interpret.analyse import ProbeResult
 
 FAMILIES = ("transformer", "fixed_attention", "ssm", "belief_net")
 SEED = 0  # of every subsample drawn here
@@ -135,10 +139,11 @@ class _Runs:
                 raise Skip(f"{run}: no usable activation cache ({err}); run `interp probe {run}`") from err
         return self._cache[run]
 
-    def probe(self, run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    def probe(self, run: Path) -> tuple["ProbeResult", dict[str, torch.Tensor]]:
         """probe.json (only if made from the run's current weights) and probe.safetensors."""
         if run not in self._probe:
-            from interp.interpret.analyse import PROBE_WEIGHTS, load_probe_result
+            from interp.interpret.analyse import load_probe_result
+            from interp.rundir import PROBE_WEIGHTS
 
             out = load_probe_result(self._need_dir(run, "run"))
             if out is None:
@@ -236,9 +241,12 @@ def weighted_pca(x: torch.Tensor, w: torch.Tensor, k: int = 3) -> tuple[torch.Te
     xc = x - mean
     cov = (xc * w[:, None]).T @ xc
     evals, evecs = torch.linalg.eigh(cov)
-    order = torch.argsort(evals, descending=True)[:k]
+    order = torch.argsort(evals, descending=True, stable=True)[:k]
     comps = evecs[:, order].T
-    sign = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
+    # the first entry within rounding of the largest magnitude: a plain argmax on a tie (e.g. (1, -1, 0) / sqrt 2)
+    # would let the last bit pick the sign
+    big = comps.abs() >= comps.abs().amax(1, keepdim=True) * (1 - 1e-9)
+    sign = torch.sign(comps.gather(1, big.to(torch.uint8).argmax(1, keepdim=True)))
     return mean, comps * sign, evals[order].clamp_min(0) / evals.clamp_min(0).sum()
 
 
@@ -355,7 +363,7 @@ def heldout_sample(runs: _Runs, run: Path, k: int = N_POINTS) -> tuple[torch.Ten
     probe, _ = runs.probe(run)
     cache = runs.cache(run)
     n, L = cache.tokens.shape
-    split = probe.get("split", {})
+    split = probe.split
     _, test = split_by_sequence(n, split.get("test_fraction", 0.2),
                                 torch.Generator().manual_seed(split.get("seed", 0)))
     w = cache.weight[test].double().repeat_interleave(L)
@@ -368,14 +376,14 @@ def probe_predictions(runs: _Runs, run: Path, k: int = N_POINTS) -> tuple[torch.
     """(predicted beliefs [k, S], true beliefs [k, S], hook, held-out R^2) of the best hook's probe on a
     held-out sample (see :func:`heldout_sample`)."""
     probe, weights = runs.probe(run)
-    hook = probe["best_hook"]
+    hook = probe.best_hook
     cache = runs.cache(run)
     seq, pos = heldout_sample(runs, run, k)
     acts = cache[hook]
     x = acts[seq, pos].reshape(len(seq), -1).double()
     cache.release(hook)
     pred = x @ weights[f"{hook}.coef"].double().T + weights[f"{hook}.intercept"].double()
-    return pred, cache.beliefs[seq, pos].double(), hook, float(probe["hooks"][hook]["r2"])
+    return pred, cache.beliefs[seq, pos].double(), hook, float(probe.hooks[hook]["r2"])
 
 
 # ----------------------------------------------------------------------------- F1
@@ -659,11 +667,9 @@ def f5_probe_r2(inputs: FigureInputs, runs: _Runs) -> Drawn:
             missing.append(f"{style.family_label(family)} ({why})")
             continue
         sources.append(run)
-        hooks = dict(probe["hooks"])
-        if "all_layers" in probe:
-            hooks["all_layers"] = probe["all_layers"]
+        hooks = {**probe.hooks, "all_layers": probe.all_layers}
         for hook in sorted(hooks, key=_hook_key):
-            rows.append((family, hook, hooks[hook]["r2"], hooks[hook]["shuffled_r2"], hook == probe["best_hook"]))
+            rows.append((family, hook, hooks[hook]["r2"], hooks[hook]["shuffled_r2"], hook == probe.best_hook))
     if not rows:
         raise Skip("no probe.json: " + "; ".join(missing))
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.3), layout="constrained")

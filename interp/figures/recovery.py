@@ -4,7 +4,7 @@
 
 Each study folder must hold the recovery.json written by ``interp recover``. Writes recovery_nll_time.{png,pdf}
 and recovery_errors.{png,pdf} into --out (default: the first study's folder). The drawing functions
-(:func:`draw_nll_time`, :func:`draw_errors`) take axes, so ``figures.py`` (F7) reuses them in one figure.
+(:func:`draw_nll_time`, :func:`draw_errors`) take axes, so ``interp.figures.paper`` (F7) reuses them in one figure.
 """
 
 from __future__ import annotations

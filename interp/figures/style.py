@@ -68,7 +68,7 @@ RC = {
     "lines.linewidth": 1.3,
     "lines.markersize": 4,
     "image.cmap": "viridis",
-    "pdf.fonttype": 3,  # matplotlib's default; TrueType (42) embedding costs ~0.2 s a figure in font subsetting
+    "pdf.fonttype": 3,  # matplotlib's default; TrueType (42) embedding is slower (font subsetting)
     "svg.hashsalt": "interp",  # (SVG ids, should anyone save SVG)
 }
 

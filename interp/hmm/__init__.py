@@ -1,4 +1,4 @@
-"""Hidden Markov models: the object, named processes, sampling, exact filtering and loss bounds."""
+"""Hidden Markov models: the object, named processes, sampling, exact filtering and smoothing, loss bounds."""
 
 from interp.hmm.core import HMM, EmissionForm, stationary_distribution
 from interp.hmm.filtering import (
@@ -14,6 +14,7 @@ from interp.hmm.losses import OptimalLoss, Estimate, entropy_rate, optimal_loss,
 from interp.hmm.msp import MixedStatePresentation, mixed_state_presentation
 from interp.hmm.processes import get_process, list_processes, register
 from interp.hmm.sampling import sample
+from interp.hmm.smoothing import ExpectedCounts, LogitGradient, expected_counts, log_likelihood_gradient
 
 __all__ = [
     "HMM", "EmissionForm", "stationary_distribution",
@@ -22,4 +23,5 @@ __all__ = [
     "OptimalLoss", "Estimate", "entropy_rate", "optimal_loss", "predictive_entropy", "unigram_loss",
     "MixedStatePresentation", "mixed_state_presentation",
     "get_process", "list_processes", "register", "sample",
+    "ExpectedCounts", "LogitGradient", "expected_counts", "log_likelihood_gradient",
 ]

@@ -1,12 +1,12 @@
 """Large uninitialised CPU buffers for results (filter beliefs, sampled tokens), reused across calls.
 
 A fresh buffer of a few hundred MB is mapped by the kernel page by page on first write, and zeroing those
-pages (with huge-page compaction on this kind of machine) cost 10 to 250 ms for the 262 MB of beliefs of
-2000 x 64 sequences over 256 states, against 130 ms for the whole filter. So, like PyTorch's CUDA caching
-allocator, the buffers of at least ``POOL_MIN_BYTES`` stay mapped after the tensors that used them are gone and
-serve the next request of about the same size. A block is handed out again only once the array that the
-tensor's storage holds has been collected: every view, slice, ``.numpy()`` or transposed result keeps that
-array, and so the block, alive. At most ``POOL_MAX_BYTES`` are kept; :func:`release_pool` drops the idle ones.
+pages (with huge-page compaction) can cost as much as the whole filter (docs/benchmarks.md). So, like
+PyTorch's CUDA caching allocator, the buffers of at least ``POOL_MIN_BYTES`` stay mapped after the tensors that
+used them are gone and serve the next request of about the same size. A block is handed out again only once
+the array that the tensor's storage holds has been collected: every view, slice, ``.numpy()`` or transposed
+result keeps that array, and so the block, alive. At most ``POOL_MAX_BYTES`` are kept; :func:`release_pool`
+drops the idle ones.
 """
 
 from __future__ import annotations

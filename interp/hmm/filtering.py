@@ -33,12 +33,12 @@ _PACK_WIDTH = 12
 _PACK_MAX_ROWS = 1024
 # torch runs an elementwise op on one thread below this many elements (at::internal::GRAIN_SIZE).
 # A packed step just below it is padded with copies of a sequence to run on all cores, when that
-# adds at most a third more rows (on 2 cores, 10k x 3 beliefs per step: about 20% faster).
+# adds at most a third more rows (the padded step is the faster one; docs/benchmarks.md).
 _TORCH_GRAIN = 32768
 # The compiled kernels (interp.hmm.native) run the whole filter in one call up to _NATIVE_SMALL_MAX_STATES
 # states, or while a step's n S^2 is at most _NATIVE_ONE_CALL_MAX_WORK; otherwise a step is a BLAS product and
-# the kernels' fused emission pass. On 2 cores the one call is 1.4x faster at S = 4 and 6 (10k x 64), 2-25x
-# for n S^2 <= 2^16 at S = 8-64 (the per-step calls dominate), and slower from n S^2 = 2^18 (BLAS wins).
+# the kernels' fused emission pass. The thresholds are where the one call stops winning (docs/benchmarks.md):
+# below them the per-step calls dominate, above them BLAS does.
 _NATIVE_SMALL_MAX_STATES = 6
 _NATIVE_ONE_CALL_MAX_WORK = 2**17
 _STREAM_MIN_STATES = 64  # shorter rows: the streamed copy's unaligned ends cost more than it saves
@@ -55,20 +55,34 @@ class FilterResult(NamedTuple):
     log_likelihood: torch.Tensor
 
 
+_SUBNORMAL = 5e-324  # the smallest positive float64
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero now (torch can set the flag but not read it: a
+    subnormal read back through a tensor comes out 0 exactly when it does)."""
+    return float(torch.tensor(_SUBNORMAL, dtype=torch.float64) * 1.0) == 0.0
+
+
 @contextlib.contextmanager
 def flush_denormals():
-    """Flush subnormal floats to zero while filtering: tiny beliefs otherwise slow matmuls
-    several-fold, and values below 1e-308 do not matter at float64 precision."""
-    supported = torch.set_flush_denormal(True)
+    """Flush subnormal floats to zero inside the block, then put back the previous setting (so it nests): tiny
+    beliefs otherwise slow matmuls several-fold, and values below 1e-308 do not matter at float64 precision."""
+    changed = not flushing_denormals() and torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if supported:
+        if changed:
             torch.set_flush_denormal(False)
 
 
 def check_tokens(hmm: HMM, tokens) -> torch.Tensor:
     """Validate a (batch, length) integer token array for ``hmm``; return int64 on its device."""
+    return check_token_array(tokens, hmm.n_tokens).to(device=hmm.device)
+
+
+def check_token_array(tokens, n_tokens: int) -> torch.Tensor:
+    """Validate a (batch, length) integer token array over ``n_tokens`` tokens; return it as int64."""
     t = torch.as_tensor(tokens)
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ValueError(f"tokens must be an integer tensor, got dtype {t.dtype}")
@@ -77,11 +91,11 @@ def check_tokens(hmm: HMM, tokens) -> torch.Tensor:
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"tokens must be a non-empty batch, got shape {tuple(t.shape)}")
     lo, hi = (int(v) for v in torch.aminmax(t))
-    if lo < 0 or hi >= hmm.n_tokens:
+    if lo < 0 or hi >= n_tokens:
         bad = lo if lo < 0 else hi
         where = tuple(torch.nonzero(t == bad)[0].tolist())
-        raise ValueError(f"token {bad} at (sequence, position) {where} is out of range [0, {hmm.n_tokens})")
-    return t.to(device=hmm.device, dtype=torch.int64)
+        raise ValueError(f"token {bad} at (sequence, position) {where} is out of range [0, {n_tokens})")
+    return t.to(dtype=torch.int64)
 
 
 def _finish(beliefs_tm: torch.Tensor | None, log_z_tm: torch.Tensor, ll: torch.Tensor | None = None) -> FilterResult:
@@ -116,9 +130,8 @@ def _step_buffers(L: int, n: int, S: int, return_beliefs: bool, device) -> tuple
 
 # On CPU the first positions are filtered once per distinct prefix while the V^(t+1) prefixes of length t+1 number
 # at most a quarter of the sequences; every sequence then gathers its prefix's belief. That pays only where the
-# (n, S) @ (S, S) product dominates a step: from n S^2 = 2^24 (2 cores: S = 256, n = 2000, 64 tokens, 2% faster;
-# at S = 3 the small operations of the tables cost more than the steps they replace, and on a GPU, unmeasured,
-# they would be kernel launches).
+# (n, S) @ (S, S) product dominates a step: from n S^2 = 2^24 (at S = 3 the small operations of the tables
+# cost more than the steps they replace, and on a GPU they would be kernel launches).
 _SHARED_PREFIX_FRACTION = 4
 _SHARED_PREFIX_MIN_WORK = 2**24
 
@@ -405,10 +418,9 @@ def filter_scan(hmm: HMM, tokens, *, return_beliefs: bool = True) -> FilterResul
 
 
 # ------------------------------------------------------------------- front door
-# Cost model of the two filters, measured on 2 CPU cores (`interp bench --suite filter` prints the grid). With
+# Cost model of the two filters, fitted to `interp bench --suite filter` on CPU (docs/benchmarks.md). With
 # the compiled kernels the sequential filter wins in every cell: a few long sequences of a small HMM, where the
-# scan used to win, are one compiled call (one sequence of 16384 tokens: S = 3, 1.3 ms against the scan's 6 ms;
-# S = 16, 1.2 ms against 57 ms).
+# scan used to win, are one compiled call.
 # In torch alone (no compiler; on a GPU, where the CPU model is used unmeasured) the sequential filter pays a
 # fixed ~10 us of torch calls per step plus its (n, S) @ (S, S) product; the scan does about n L S^2 x 35 ns of
 # small batched products in 2 log2(L) rounds, so it wins only where n S^2 is small, and holds O(n L S^2) memory.

@@ -19,8 +19,8 @@
 namespace {
 
 // dst[0 .. count) = src[0 .. count) with streaming (non-temporal) stores where the CPU has them: beliefs
-// are written once and read much later, and a plain store first reads each line into the cache (on a
-// 2-core machine at S = 256, writing 262 MB of beliefs that way cost as much as 20% of the filter).
+// are written once and read much later, and a plain store first reads each line into the cache (a
+// measurable share of the filter at S = 256; docs/benchmarks.md).
 inline void stream_copy(double* dst, const double* src, int64_t count) {
   int64_t i = 0;
 #if defined(__AVX512F__)

@@ -18,7 +18,9 @@ def match_states(C_true: torch.Tensor, C_hat: torch.Tensor) -> torch.Tensor:
     """[S] ``perm`` with learned state ``perm[i]`` matched to true state ``i`` (C: [S, V] emission rows)."""
     if C_true.shape != C_hat.shape:
         raise ValueError(f"emission matrices differ in shape: {tuple(C_true.shape)} vs {tuple(C_hat.shape)}")
-    cost = torch.cdist(C_true.double(), C_hat.double()) ** 2
+    # differences, not ||a||^2 + ||b||^2 - 2 a.b through BLAS: equal rows cost exactly the same, so ties
+    # (a padded estimate's copies of a state) are broken by index alone, on every machine
+    cost = torch.cdist(C_true.double(), C_hat.double(), compute_mode="donot_use_mm_for_euclid_dist") ** 2
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
 

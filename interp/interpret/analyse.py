@@ -5,6 +5,7 @@ and the comparison table across runs. Each step reads the run's activation cache
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -16,8 +17,9 @@ from interp.interpret.causal import causal_check
 from interp.hmm.matching import parameter_errors
 from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.interpret.probes import best_hook, probe_hooks
+from interp.rundir import (COMPARE_JSON, COMPARE_MD, CONFIG, CONSTRUCTION, MODEL, MODEL_META, PROBE, PROBE_WEIGHTS,
+                           PROBES, RESULT, Manifest, write_config)
 
-PROBE_JSON, PROBE_WEIGHTS = "probe.json", "probe.safetensors"
 PROBE_FORMAT = 3  # bump when what probe.json holds or how it is computed changes: older files are redone
 CONCAT = "all_layers"
 
@@ -27,7 +29,7 @@ def ensure_cache(run_dir: Path, *, device="cpu", log=lambda msg: None) -> Activa
     if not cache_is_fresh(run_dir):
         log(f"{run_dir}: building the activation cache")
         build_cache(run_dir, device=device, log=log)
-    return load_cache(run_dir)
+    return load_cache(run_dir, check=False)  # just checked, or just built
 
 
 def residual_hooks(cache: ActivationCache) -> list[str]:
@@ -36,11 +38,40 @@ def residual_hooks(cache: ActivationCache) -> list[str]:
     return [h for h in cache.hooks if "hook_pattern" not in h and h not in aliases]
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """A run's belief probes, as ``probe.json`` holds them (R^2 pooled over belief coordinates, held-out
+    sequences, weighted like the evaluation set)."""
+
+    format: int  # PROBE_FORMAT when written
+    run: str
+    family: str
+    config_hash: str  # of the run the probes were fitted to
+    weights_sha256: str  # of its final weights
+    evaluation_set: str  # every sequence weighted by probability, or sampled sequences
+    split: dict  # how sequences were split: by, test_fraction, seed
+    ridge: float
+    r2: str  # what the R^2 values are
+    hooks: dict  # hook -> its scores (r2, shuffled_r2, ...)
+    all_layers: dict  # every residual hook concatenated: its hooks and scores
+    best_hook: str
+    best_r2: float
+    causal: dict  # the causal check on the best hook (KL before / after steering, ...)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        return cls(**data)
+
+
 def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float = 0.0, seed: int = 0,
-              causal_points: int = 2000, device="cpu", log=lambda msg: None) -> dict:
+              causal_points: int = 2000, device="cpu", log=lambda msg: None) -> ProbeResult:
     """Fit belief probes on every residual hook and on all of them concatenated; causal check on the best.
 
-    Writes ``probe.json`` (scores) and ``probe.safetensors`` (``{hook}.coef`` [S, d], ``{hook}.intercept``)."""
+    Writes ``probe.json`` (scores) and ``probe.safetensors`` (``{hook}.coef`` [S, d], ``{hook}.intercept``), and
+    records them in the run's manifest as the output ``probe`` of :func:`probe_inputs`."""
     from interp.training.checkpoint import load_model
 
     run_dir = Path(run_dir)
@@ -58,35 +89,41 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
     causal = causal_check(model, cache.tokens, cache.beliefs, acts[best], probe.coef_, probe.intercept_,
                           hmm.emission_matrix, hook=best, n_points=causal_points,
                           generator=torch.Generator().manual_seed(seed), bos_token=cache.meta.get("bos_token"))
-    out = {
-        "format": PROBE_FORMAT, "run": cfg.name, "family": cfg.model.family, **run_fingerprint(run_dir),
-        "evaluation_set": "every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
-        "split": {"by": "sequence", "test_fraction": test_fraction, "seed": seed},
-        "ridge": ridge,
-        "r2": "pooled over belief coordinates, held-out sequences, weighted like the evaluation set",
-        "hooks": {h: results[h][1].to_dict() for h in hooks},
-        CONCAT: {"hooks": hooks, **results[CONCAT][1].to_dict()},
-        "best_hook": best, "best_r2": results[best][1].r2,
-        "causal": causal,
-    }
+    out = ProbeResult(
+        format=PROBE_FORMAT, run=cfg.name, family=cfg.model.family, **run_fingerprint(run_dir),
+        evaluation_set="every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
+        split={"by": "sequence", "test_fraction": test_fraction, "seed": seed},
+        ridge=ridge,
+        r2="pooled over belief coordinates, held-out sequences, weighted like the evaluation set",
+        hooks={h: results[h][1].to_dict() for h in hooks},
+        all_layers={"hooks": hooks, **results[CONCAT][1].to_dict()},
+        best_hook=best, best_r2=results[best][1].r2,
+        causal=causal,
+    )
     weights = {}
     for name, (p, _) in results.items():
         weights[f"{name}.coef"], weights[f"{name}.intercept"] = p.coef_, p.intercept_
+    manifest = Manifest(run_dir)
+    manifest.forget(PROBES)
     write_tensors(run_dir / PROBE_WEIGHTS, weights)
-    write_json(run_dir / PROBE_JSON, out)
+    write_json(run_dir / PROBE, out.to_dict())
+    manifest.record(PROBES, {"format": PROBE_FORMAT, "config_hash": out.config_hash,
+                             "weights_sha256": out.weights_sha256},
+                    [run_dir / PROBE, run_dir / PROBE_WEIGHTS])
     return out
 
 
-def load_probe_result(run_dir: Path) -> dict | None:
-    """probe.json if it exists and was made from the run's current weights, else None."""
-    path = Path(run_dir) / PROBE_JSON
-    if not path.is_file():
+def probe_inputs(run_dir: Path) -> dict:
+    """What a run's probes are made from (their fingerprint in the run's manifest)."""
+    return {"format": PROBE_FORMAT, **run_fingerprint(run_dir)}
+
+
+def load_probe_result(run_dir: Path) -> ProbeResult | None:
+    """probe.json if the run's manifest records it as made from the run's current weights, intact; else None."""
+    run_dir = Path(run_dir)
+    if not Manifest(run_dir).is_fresh(PROBES, probe_inputs(run_dir)):
         return None
-    out = read_json(path)
-    now = run_fingerprint(run_dir)
-    if out.get("format") != PROBE_FORMAT or any(out.get(k) != now[k] for k in now):
-        return None
-    return out
+    return ProbeResult.from_dict(read_json(run_dir / PROBE))
 
 
 def attention_summary(cache: ActivationCache, hmm, *, fitted_decay: float | None = None) -> list[dict]:
@@ -133,7 +170,7 @@ def ssm_summary(model, cache: ActivationCache, hmm, top: int = 4) -> list[dict]:
                 n = ev.shape[0]
                 contrib = contrib[:n] + contrib[n:]
             share = contrib / contrib.sum()
-            order = torch.argsort(share, descending=True)[:top]
+            order = torch.argsort(share, descending=True, stable=True)[:top]
             row["leading"] = [{"eigenvalue": [ev[i].real.item(), ev[i].imag.item()], "share": float(share[i])}
                               for i in order]
             cache.release(f"blocks.{l}.hook_state")
@@ -212,7 +249,7 @@ def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device
     from interp.training.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    result = read_json(run_dir / "result.json")
+    result = read_json(run_dir / RESULT)
     probe = load_probe_result(run_dir)
     if probe is None:
         log(f"{run_dir}: fitting probes")
@@ -223,9 +260,9 @@ def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device
     row = {
         "run": cfg.name, "path": str(run_dir), "family": cfg.model.family, "process": process_label(cfg),
         "relative_loss": result["relative_loss"], "gap_fraction": result.get("gap_fraction"),
-        "probe_hook": probe["best_hook"], "probe_r2": probe["best_r2"], "probe_r2_all_layers": probe[CONCAT]["r2"],
-        "probe_r2_shuffled": probe["hooks"][probe["best_hook"]]["shuffled_r2"],
-        "causal": {k: probe["causal"][k] for k in ("kl_target_before", "kl_target_after", "kl_target_random",
+        "probe_hook": probe.best_hook, "probe_r2": probe.best_r2, "probe_r2_all_layers": probe.all_layers["r2"],
+        "probe_r2_shuffled": probe.hooks[probe.best_hook]["shuffled_r2"],
+        "causal": {k: probe.causal[k] for k in ("kl_target_before", "kl_target_after", "kl_target_random",
                                                    "share_closer", "change_r2")},
     }
     if any("hook_pattern" in h for h in cache.hooks):
@@ -263,10 +300,10 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, device="cpu
         rows.append(analyse_run(run_dir, construction=constructions[label], device=device, log=log))
     out = {"construction": constructions, "runs": rows}
     out_dir = Path(out_dir)
-    write_json(out_dir / "compare.json", out)
+    write_json(out_dir / COMPARE_JSON, out)
     from interp.io import atomic_write_bytes
 
-    atomic_write_bytes(out_dir / "compare.md", format_markdown(out).encode())
+    atomic_write_bytes(out_dir / COMPARE_MD, format_markdown(out).encode())
     return out
 
 
@@ -344,6 +381,11 @@ def _cx(z) -> str:
     return f"{re_:.3f}" if abs(im) < 1e-9 else f"{re_:.3f}{im:+.3f}i"
 
 
+def construction_inputs(process: dict, context: int, decay: str) -> dict:
+    """What a construction run is made from (its fingerprint in the folder's manifest)."""
+    return {"process": process, "context": context, "decay": decay}
+
+
 def build_construction_run(process: dict, context: int, out_dir: str | Path, *, decay: str = "analytic",
                            name: str | None = None) -> dict:
     """Write the hand-set TransformerLens construction as a run folder that loads, caches, probes and
@@ -351,13 +393,14 @@ def build_construction_run(process: dict, context: int, out_dir: str | Path, *, 
 
     The model is ``transformer_construction(..., bos=True)``: a TransformerConfig with ``bos = true``.
     ``decay="analytic"``: lambda and v from the HMM (needs Smat to be a scalar on zero-sum vectors);
-    ``"fitted"``: lambda, v and the offset fitted by least squares to the exact beliefs of the evaluation set."""
+    ``"fitted"``: lambda, v and the offset fitted by least squares to the exact beliefs of the evaluation set.
+    The folder's manifest records it as the output ``construction`` of :func:`construction_inputs`."""
     import os
     import shutil
     import tempfile
 
     from interp.interpret.cache import evaluation_set
-    from interp.training.checkpoint import MODEL_FILE, MODEL_META, model_meta
+    from interp.training.checkpoint import model_meta
     from interp.hmm import beliefs as exact_beliefs
     from interp.training.runconfig import run_config_from_dict
 
@@ -403,10 +446,12 @@ def build_construction_run(process: dict, context: int, out_dir: str | Path, *, 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
     try:
-        write_tensors(tmp / MODEL_FILE, model.state_dict())
+        write_tensors(tmp / MODEL, model.state_dict())
         write_json(tmp / MODEL_META, {**model_meta(cfg, V), "construction": construction})
-        write_json(tmp / "config.json", cfg.to_dict())
-        write_json(tmp / "result.json", result)
+        write_config(tmp, cfg.to_dict())
+        write_json(tmp / RESULT, result)
+        Manifest(tmp).record(CONSTRUCTION, construction_inputs(process, context, decay),
+                             [tmp / name for name in (MODEL, MODEL_META, CONFIG, RESULT)])
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

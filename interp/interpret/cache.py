@@ -2,12 +2,15 @@
 
 ``runs/<name>/cache/`` holds
 
-- ``cache.json``: the run's config hash and a SHA-256 of its weights (a cache whose run changed is
-  refused), the process, the evaluation set's kind, hook names, shapes and dtypes, and the shard list;
+- ``cache.json``: the run's config hash and a SHA-256 of its weights, the process, the evaluation set's
+  kind, hook names, shapes and dtypes, and the shard list;
 - ``data.safetensors``: ``tokens`` [n, L], ``weight`` [n] (sums to 1), ``log_prob`` [n] and the exact
   ``beliefs`` [n, L, S] (float64; position t is the posterior over the current state after token t);
 - ``shard_NNNNN.safetensors``: every cached hook for a block of sequences, so that writing never
   holds more than one shard of activations and reading loads one hook at a time.
+
+The run's ``manifest.json`` records the cache as the output ``cache`` of :func:`cache_inputs` (the run's
+config hash and weights): a cache whose run changed, or whose files changed, is refused and rebuilt.
 
 Row i of every tensor is the same sequence, and position t of an activation is the model's state
 after reading tokens 0..t: activations, tokens and beliefs are aligned by (sequence, position).
@@ -18,7 +21,6 @@ equal weights.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -31,10 +33,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from interp import hmm as H
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_json, read_tensors, sha256_file, write_json, write_tensors
+from interp.rundir import ACTIVATIONS, CACHE, CACHE_DATA, CACHE_META, MODEL, MODEL_META, Manifest, shard_name
 
-CACHE_DIR, CACHE_META, CACHE_DATA = "cache", "cache.json", "data.safetensors"
-RUN_MODEL, RUN_META = "model.safetensors", "model.json"
 CACHE_FORMAT = 1
 # The hooks a cache keeps: the residual stream at every layer, attention patterns and SSM states.
 # (hook_pos_embed is left out: it is the same W_pos for every input.)
@@ -100,24 +101,21 @@ def _aliases(names: list[str]) -> dict[str, str]:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_fingerprint(run_dir: Path) -> dict:
-    """What a cache must match: the run's config hash and the SHA-256 of its final weights."""
+    """What outputs derived from a trained model depend on: its config hash and the SHA-256 of its final weights."""
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_MODEL).is_file():
-        raise FileNotFoundError(f"{run_dir} has no final weights ({RUN_MODEL}): is the run finished? "
+    if not (run_dir / MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir} has no final weights ({MODEL}): is the run finished? "
                                 f"(`interp train <config> --resume` completes it)")
-    meta = read_json(run_dir / RUN_META)
+    meta = read_json(run_dir / MODEL_META)
     if "config_hash" not in meta:
-        raise ValueError(f"{run_dir / RUN_META} has no config_hash (corrupt?)")
-    return {"config_hash": meta["config_hash"], "weights_sha256": file_sha256(run_dir / RUN_MODEL)}
+        raise ValueError(f"{run_dir / MODEL_META} has no config_hash (corrupt?)")
+    return {"config_hash": meta["config_hash"], "weights_sha256": sha256_file(run_dir / MODEL)}
+
+
+def cache_inputs(run_dir: Path) -> dict:
+    """What a cache is made from (its fingerprint in the run's manifest)."""
+    return {"format": CACHE_FORMAT, **run_fingerprint(run_dir)}
 
 
 @torch.no_grad()
@@ -141,7 +139,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     beliefs = H.beliefs(hmm, data.tokens)
     names = cached_hook_names(model)
     n = data.tokens.shape[0]
-    bos = read_json(run_dir / RUN_META).get("bos_token")  # models that read a BOS token first
+    bos = read_json(run_dir / MODEL_META).get("bos_token")  # models that read a BOS token first
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.tmp_"))
     try:
         write_tensors(tmp / CACHE_DATA, {"tokens": data.tokens, "weight": data.weight, "log_prob": data.log_prob,
@@ -168,7 +166,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
             del chunks
             shapes = {name: [n, *block[aliases.get(name, name)].shape[1:]] for name in names}
             dtypes = {name: str(block[aliases.get(name, name)].dtype).removeprefix("torch.") for name in names}
-            shard = f"shard_{k:05d}.safetensors"
+            shard = shard_name(k)
             write_tensors(tmp / shard, block)
             shards.append({"file": shard, "start": start, "stop": min(start + shard_size, n)})
             del block
@@ -179,17 +177,21 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
             "n_sequences": n, "length": cfg.train.context, "n_tokens": hmm.n_tokens, "n_states": hmm.n_states,
             "exhaustive": data.exhaustive, "bos_token": bos, "hooks": names, "aliases": aliases, "shapes": shapes, "dtypes": dtypes, "shards": shards,
         })
-        final = run_dir / CACHE_DIR
+        final = run_dir / CACHE
+        manifest = Manifest(run_dir)
+        manifest.forget(ACTIVATIONS)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.old_"))
-            os.replace(final, old / CACHE_DIR)
+            os.replace(final, old / CACHE)
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    files = [final / name for name in (CACHE_META, CACHE_DATA, *(s["file"] for s in shards))]
+    manifest.record(ACTIVATIONS, {"format": CACHE_FORMAT, **fingerprint}, files)
     return final
 
 
@@ -203,19 +205,17 @@ class ActivationCache:
 
     def __init__(self, run_dir: str | Path, *, check: bool = True):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / CACHE_DIR
+        self.path = self.run_dir / CACHE
         if not (self.path / CACHE_META).is_file():
             raise FileNotFoundError(f"no activation cache at {self.path} (make one with `interp cache {self.run_dir}`)")
         self.meta = read_json(self.path / CACHE_META)
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{self.path / CACHE_META}: unknown cache format {self.meta.get('format')!r}")
         if check:
-            now = run_fingerprint(self.run_dir)
-            for key in ("config_hash", "weights_sha256"):
-                if self.meta.get(key) != now[key]:
-                    raise StaleCacheError(
-                        f"the cache at {self.path} is stale: its {key} {self.meta.get(key)!r} does not match the "
-                        f"run's {now[key]!r}; rebuild it with `interp cache {self.run_dir} --force`")
+            why = Manifest(self.run_dir).stale_reason(ACTIVATIONS, cache_inputs(self.run_dir))
+            if why is not None:
+                raise StaleCacheError(f"the cache at {self.path} is stale: {why}; rebuild it with "
+                                      f"`interp cache {self.run_dir} --force`")
         data = read_tensors(self.path / CACHE_DATA)
         try:
             self.tokens, self.weight = data["tokens"], data["weight"]
@@ -269,8 +269,8 @@ def load_cache(run_dir: str | Path, *, check: bool = True) -> ActivationCache:
 
 
 def cache_is_fresh(run_dir: str | Path) -> bool:
+    """The run's manifest records a cache made from its current weights and config, with intact files."""
     try:
-        ActivationCache(run_dir)
-    except (FileNotFoundError, ValueError):
+        return Manifest(run_dir).is_fresh(ACTIVATIONS, cache_inputs(Path(run_dir)))
+    except (FileNotFoundError, ValueError):  # no finished run
         return False
-    return True

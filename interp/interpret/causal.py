@@ -28,8 +28,10 @@ def _logits_with_shift(model, tokens: torch.Tensor, hook: str, pos: torch.Tensor
     rows = torch.arange(tokens.shape[0], device=tokens.device)
 
     def add(act, hook=None):
+        # a recurrent model calls the hook once per position on the positions so far: shift the points present
         act = act.clone()
-        act[rows, pos] += shift.to(act.dtype)
+        here = pos < act.shape[1]
+        act[rows[here], pos[here]] += shift[here].to(act.dtype)
         return act
 
     if shift is None:

@@ -7,6 +7,9 @@
 ``blocks.0.hook_resid_pre`` is b_t and ``blocks.0.hook_resid_post`` is b_{t+1}, so the caching
 and probing code treats the belief like a residual stream. :meth:`BeliefNet.get_hmm` reads the
 learned HMM straight off the weights.
+
+The same class is the recovery study's learner: :func:`initial_logits` holds the initialisations both use,
+and :meth:`BeliefNet.log_likelihood_gradient` the exact gradient by expected counts (:mod:`interp.hmm.smoothing`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,43 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from interp.hmm import HMM
-from interp.models.configs import BeliefNetConfig
+from interp.hmm import HMM, EmissionForm, LogitGradient, log_likelihood_gradient
+from interp.hmm import log_likelihood as exact_log_likelihood
+from interp.models.configs import BELIEF_NET_INITS, BeliefNetConfig, check_belief_net_init
 
-# log(0) stand-in for exact zeros when starting at a known HMM: exp(-1e4) is 0 in float32 and float64.
-_LOG_ZERO = -1e4
+# Probabilities below this become logits of log(1e-13) ~ -30 when starting at known parameters: exact to 1e-13,
+# and a zero can still move under Adam (a logit of -1e4 never would).
+_PROB_FLOOR = 1e-13
+
+
+def initial_logits(n_states: int, n_tokens: int, init: str, scale: float = 1.0,
+                   generator: torch.Generator | None = None, *, dtype: torch.dtype = torch.float64,
+                   spectral: EmissionForm | None = None,
+                   truth: EmissionForm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of (mu (S,), A (S, S), C (S, V)) for one of :data:`BELIEF_NET_INITS`:
+
+    - "random": N(0, scale^2), drawn from ``generator`` in ``dtype`` (mu, then A, then C);
+    - "near_uniform": 0 plus N(0, (0.01 scale)^2) noise, drawn the same way;
+    - "spectral": the log of ``spectral``, a spectral estimate (probabilities below 1e-6 raised to it);
+    - "truth": the log of ``truth``, the data's own parameters (below 1e-13 raised to it), in float64.
+    """
+    check_belief_net_init(init, BELIEF_NET_INITS)
+    shapes = ((n_states,), (n_states, n_states), (n_states, n_tokens))
+    if init in ("random", "near_uniform"):
+        if generator is None:
+            raise ValueError(f"init={init!r} needs a torch.Generator")
+        size = scale if init == "random" else 0.01 * scale
+        return tuple(size * torch.randn(*s, generator=generator, dtype=dtype) for s in shapes)
+    given = spectral if init == "spectral" else truth
+    if given is None:
+        raise ValueError(f"init={init!r} needs the {'spectral estimate' if init == 'spectral' else 'true parameters'}")
+    params = (given.mu, given.A, given.C)
+    for name, p, s in zip(("mu", "A", "C"), params, shapes):
+        if tuple(p.shape) != s:
+            raise ValueError(f"init={init!r}: {name} has shape {tuple(p.shape)}, but the Belief Net needs {s} "
+                             f"({n_states} states, {n_tokens} tokens)")
+    floor = 1e-6 if init == "spectral" else _PROB_FLOOR
+    return tuple(torch.log(p.detach().cpu().double().clamp_min(floor)) for p in params)
 
 
 class BeliefBlock(nn.Module):
@@ -33,34 +68,67 @@ class BeliefBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, n_states]: b_{t+1}
 
 
+def through_hook(hook: HookPoint, values: list[torch.Tensor]) -> torch.Tensor:
+    """Call ``hook`` on the positions so far, ``values`` stacked on dim 1 ([batch, t+1, ...]), and return its
+    output at the newest position: what the recurrence continues from (the caller stores it as ``values[-1]``).
+    Earlier positions of the output are ignored, so a hook that edits position t changes t.. and nothing
+    before t."""
+    return hook(torch.stack(values, 1))[:, -1]
+
+
 class BeliefNet(HookedRootModule):
+    """The forward filter of (mu, A, C) = softmax of the weights ``mu_logits``, ``A_logits``, ``C_logits``.
+
+    Hooks sit in the recurrence: at each position t, ``blocks.0.hook_resid_pre`` is called on b_0..b_t
+    ([batch, t+1, n_states]) and the step continues from its output at t; then ``blocks.0.hook_resid_post`` is
+    called on b_1..b_{t+1} and its output at t is both the prediction at t and the next step's belief. A caching
+    hook therefore ends with the full [batch, pos, n_states] tensor (from the last call), and a hook that edits
+    the belief at position t changes the predictions from t on and nothing before. With no hook attached the
+    numbers are those of the plain loop.
+    """
+
     family = "belief_net"
 
-    def __init__(self, cfg: BeliefNetConfig, n_tokens: int, n_ctx: int, *, seed: int = 0, hmm: HMM | None = None):
+    def __init__(self, cfg: BeliefNetConfig, n_tokens: int, n_ctx: int, *, seed: int = 0, hmm: HMM | None = None,
+                 logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """``cfg.init`` draws the weights (random ones in float32 from ``torch.Generator().manual_seed(seed)``;
+        "truth" from ``hmm``) unless ``logits`` gives them (copied)."""
         super().__init__()
         self.cfg, self.n_tokens, self.n_ctx = cfg, n_tokens, n_ctx
         s, v = cfg.n_states, n_tokens
-        if cfg.init == "true":
+        if logits is not None:
+            logs = [x.detach().clone() for x in logits]
+        elif cfg.init == "truth":
             if hmm is None:
-                raise ValueError("belief_net init='true' needs the data's HMM")
-            em = hmm.to_emission()
-            if em.A.shape[0] != s or em.C.shape[1] != v:
-                raise ValueError(
-                    f"belief_net init='true': the data's HMM has an emission form with {em.A.shape[0]} states "
-                    f"and {em.C.shape[1]} tokens, but the model has n_states={s}, n_tokens={v}"
-                )
-            logs = [torch.log(m.cpu()).clamp_min(_LOG_ZERO) for m in (em.mu, em.A, em.C)]  # float64: exact
+                raise ValueError("belief_net init='truth' needs the data's HMM")
+            logs = initial_logits(s, v, "truth", truth=hmm.to_emission())  # float64: exact
         else:
-            g = torch.Generator().manual_seed(seed)
-            logs = [cfg.init_scale * torch.randn(*shape, generator=g) for shape in ((s,), (s, s), (s, v))]
+            logs = initial_logits(s, v, cfg.init, cfg.init_scale, torch.Generator().manual_seed(seed),
+                                  dtype=torch.float32)
+        shapes = ((s,), (s, s), (s, v))
+        if [tuple(x.shape) for x in logs] != list(shapes):
+            raise ValueError(f"belief_net logits must have shapes {shapes}, got {[tuple(x.shape) for x in logs]}")
         self.mu_logits, self.A_logits, self.C_logits = (nn.Parameter(x) for x in logs)
         self.blocks = nn.ModuleList([BeliefBlock()])
         self.setup()
+
+    @classmethod
+    def from_logits(cls, mu_logits: torch.Tensor, A_logits: torch.Tensor, C_logits: torch.Tensor, *,
+                    n_ctx: int = 0) -> "BeliefNet":
+        """A Belief Net whose weights are copies of these logits (their dtype and device)."""
+        S, V = C_logits.shape
+        return cls(BeliefNetConfig(n_states=S), V, n_ctx, logits=(mu_logits, A_logits, C_logits))
 
     def parameters_prob(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu (S,), A (S, S), C (S, V)) as probabilities."""
         return (torch.softmax(self.mu_logits, -1), torch.softmax(self.A_logits, -1),
                 torch.softmax(self.C_logits, -1))
+
+    @torch.no_grad()
+    def emission_form(self, dtype: torch.dtype = torch.float64) -> EmissionForm:
+        """(mu, A, C) as probabilities, the softmax taken in ``dtype`` (on the weights' device)."""
+        return EmissionForm(*(torch.softmax(x.detach().to(dtype), -1)
+                              for x in (self.mu_logits, self.A_logits, self.C_logits)))
 
     def get_hmm(self) -> HMM:
         """The learned HMM (float64) as an ``interp.hmm.HMM`` in emission form."""
@@ -68,18 +136,27 @@ class BeliefNet(HookedRootModule):
         return HMM.from_emission(mu / mu.sum(), A / A.sum(1, keepdim=True), C / C.sum(1, keepdim=True),
                                  name="belief_net")
 
+    def log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch] ``log P(x_0..x_{L-1})`` (first token included) by the exact filter of :mod:`interp.hmm`, in
+        float64. Not differentiable: :meth:`log_likelihood_gradient` gives the gradient."""
+        return exact_log_likelihood(self.emission_form().to_hmm(), tokens)
+
+    def log_likelihood_gradient(self, tokens: torch.Tensor) -> LogitGradient:
+        """[batch] log-likelihoods in the weights' dtype, and the exact gradient of their sum with respect to
+        the weights, by expected counts (:func:`interp.hmm.log_likelihood_gradient`)."""
+        return log_likelihood_gradient(self.mu_logits, self.A_logits, self.C_logits, tokens)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mu, A, C = self.parameters_prob()
         n, L = tokens.shape
         emit = F.embedding(tokens, C.T)  # [batch, pos, n_states]: P(x_t | state)
+        block = self.blocks[0]
         b = mu.expand(n, -1)
-        pre, post = [], []
+        pre, post = [], []  # the hooked beliefs of the positions so far
         for t in range(L):
             pre.append(b)
+            b = pre[t] = through_hook(block.hook_resid_pre, pre)
             w = b * emit[:, t]
-            b = (w / w.sum(-1, keepdim=True)) @ A
-            post.append(b)
-        block = self.blocks[0]
-        block.hook_resid_pre(torch.stack(pre, 1))
-        beliefs = block.hook_resid_post(torch.stack(post, 1))
-        return torch.log(beliefs @ C)
+            post.append((w / w.sum(-1, keepdim=True)) @ A)
+            b = post[t] = through_hook(block.hook_resid_post, post)
+        return torch.log(torch.stack(post, 1) @ C)

@@ -17,7 +17,9 @@ O(d k^2) instead of the dense O(S^2). With b_t the posterior over the state that
     b_{t+1} = normalise(q_t[e*] * E[g_{t+1}, :, x_{t+1} - g_{t+1} m])   e*: the move to g_{t+1}
 
 Hooks: ``blocks.0.hook_resid_pre`` is b_t [batch, pos, k] (in the coordinates of group g_t) and
-``blocks.0.hook_resid_post`` is q_t / sum(q_t) [batch, pos, d k] (the next state over (move, state)).
+``blocks.0.hook_resid_post`` is q_t [batch, pos, d k] (the next state over (move, state); it sums to 1). They sit in
+the recurrence as in :class:`interp.models.belief_net.BeliefNet`: called once per position on the positions so far,
+their output at the newest position is what the step continues from (and q_t's is what predicts token t+1).
 Each step batches the sequences that sit on the same group into one (rows, k) @ (k, d k) product.
 """
 
@@ -28,10 +30,10 @@ from torch import nn
 from transformer_lens import HookedRootModule
 
 from interp.hmm.blocked import BlockedHMM
-from interp.models.belief_net import BeliefBlock
+from interp.models.belief_net import BeliefBlock, through_hook
 from interp.models.configs import BlockedBeliefNetConfig
 
-_LOG_ZERO = -1e4  # log(0) stand-in (exp(-1e4) is 0 in float32 and float64), as in BeliefNet
+_LOG_ZERO = -1e4  # log(0) stand-in (exp(-1e4) is 0 in float32 and float64): its "truth" is the exact filter
 
 
 class BlockedBeliefNet(HookedRootModule):
@@ -49,7 +51,7 @@ class BlockedBeliefNet(HookedRootModule):
         G, k, m, d = hmm.n_groups, hmm.group_size, hmm.tokens_per_group, hmm.succ.shape[1]
         self.register_buffer("succ", hmm.succ.cpu().clone())
         shapes = ((G * k,), (G, d), (G, d, k, k), (G, k, m))
-        if cfg.init == "true":
+        if cfg.init == "truth":
             truth = (hmm.mu.reshape(-1), hmm.w, hmm.blocks, hmm.emit)
             logs = [torch.log(x.cpu()).clamp_min(_LOG_ZERO) for x in truth]  # float64: exact at the truth
         else:
@@ -93,22 +95,23 @@ class BlockedBeliefNet(HookedRootModule):
 
         b = mu[group[:, 0]] * E[group[:, 0], :, local[:, 0]]
         b = b / b.sum(-1, keepdim=True)
-        pre, post, logits = [], [], []
+        block = self.blocks[0]
+        pre, post, logits = [], [], []  # pre and post: the hooked values of the positions so far
         for t in range(L):
             pre.append(b)
+            b = pre[t] = through_hook(block.hook_resid_pre, pre)
             g = group[:, t]
             order = torch.argsort(g, stable=True)
             present, counts = torch.unique_consecutive(g[order], return_counts=True)
-            q_parts, p_parts = [], []
-            for gg, rows_g in zip(present.tolist(), torch.split(order, counts.tolist())):
-                q = (b[rows_g] @ B_cat[gg]).reshape(-1, d, k) * w[gg][:, None]  # (r, d, k)
-                q_parts.append(q)
-                p_parts.append(torch.einsum("rdk,dkm->rdm", q, E_next[gg]))  # (r, d, m)
+            groups = list(zip(present.tolist(), torch.split(order, counts.tolist())))
+            q_parts = [(b[rows_g] @ B_cat[gg]).reshape(-1, d, k) * w[gg][:, None] for gg, rows_g in groups]
             inverse = torch.empty_like(order)
             inverse[order] = rows
-            q = torch.cat(q_parts)[inverse]  # (n, d, k)
+            post.append(torch.cat(q_parts)[inverse].reshape(n, d * k))
+            post[t] = through_hook(block.hook_resid_post, post)
+            q = post[t].reshape(n, d, k)
+            p_parts = [torch.einsum("rdk,dkm->rdm", q[rows_g], E_next[gg]) for gg, rows_g in groups]  # (r, d, m)
             p = torch.cat(p_parts)[inverse]  # (n, d, m): next-token probabilities, token succ[g, e] m + c
-            post.append((q / q.sum((-1, -2), keepdim=True)).reshape(n, d * k))
             idx = (succ[g][:, :, None] * m + torch.arange(m, device=tokens.device)).reshape(n, d * m)
             step = torch.full((n, self.n_tokens), _LOG_ZERO, dtype=p.dtype, device=p.device)
             logp = torch.log(p.reshape(n, d * m).clamp_min(torch.finfo(p.dtype).tiny))  # clamp first: no 0 * inf
@@ -119,8 +122,5 @@ class BlockedBeliefNet(HookedRootModule):
                 prior = (q * hit[:, :, None]).sum(1)
                 b = prior * E[h, :, local[:, t + 1]]
                 b = b / b.sum(-1, keepdim=True).clamp_min(torch.finfo(b.dtype).tiny)
-        block = self.blocks[0]
-        block.hook_resid_pre(torch.stack(pre, 1))
-        block.hook_resid_post(torch.stack(post, 1))
         return torch.stack(logits, 1)
 

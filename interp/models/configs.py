@@ -69,20 +69,40 @@ class SSMConfig:
         _positive(n_layers=self.n_layers, d_model=self.d_model, d_state=self.d_state)
 
 
+# Belief Net initialisations (interp.models.belief_net.initial_logits), shared by the model families and the
+# recovery study: "random" (logits ~ N(0, init_scale^2)), "near_uniform" (logits 0 plus 0.01 init_scale noise),
+# "spectral" (the log of a spectral estimate from the training data) and "truth" (the log of the data's own HMM).
+BELIEF_NET_INITS = ("random", "near_uniform", "spectral", "truth")
+_RENAMED_INITS = {
+    "true": "use 'truth'",
+    "uniform": "use 'near_uniform' (logits 0 plus 0.01 init_scale noise), or 'random' for the model family's old "
+               "'uniform' (it drew N(0, init_scale^2) logits, the same as 'random')",
+}
+
+
+def check_belief_net_init(init: str, allowed: tuple[str, ...] = BELIEF_NET_INITS) -> None:
+    """Raise ValueError unless ``init`` is one of ``allowed``; an old name gets its new one."""
+    if init in _RENAMED_INITS:
+        raise ValueError(f"init {init!r} was renamed: {_RENAMED_INITS[init]}")
+    if init not in allowed:
+        raise ValueError(f"init must be one of {' | '.join(map(repr, allowed))}, got {init!r}")
+
+
 @dataclass(frozen=True)
 class BeliefNetConfig:
     """The forward filter as a network whose weights are the logits of (mu, A, C).
 
-    ``init``: "random" (logits ~ N(0, init_scale^2)), "uniform" (all logits 0 plus
-    init_scale-sized noise) or "true" (the data's own HMM, when it has an emission form)."""
+    ``init``: "random" (logits ~ N(0, init_scale^2)), "near_uniform" (all logits 0 plus 0.01 init_scale
+    noise) or "truth" (the log of the data's own HMM, when it has an emission form)."""
 
     family: Literal["belief_net"] = "belief_net"
     n_states: int = 3
-    init: Literal["random", "uniform", "true"] = "random"
+    init: str = "random"  # "random" | "near_uniform" | "truth"
     init_scale: float = 1.0
 
     def __post_init__(self):
         _positive(n_states=self.n_states)
+        check_belief_net_init(self.init, ("random", "near_uniform", "truth"))
         if self.init_scale < 0:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 
@@ -91,13 +111,14 @@ class BeliefNetConfig:
 class BlockedBeliefNetConfig:
     """Belief Net for block-sparse data (process ``blocked``): the structure (groups, their tokens and successor
     groups) is the data's; the weights are the logits of mu, the group moves, the k x k blocks and the
-    emissions. ``init``: "random" (logits ~ N(0, init_scale^2)) or "true" (the data's own HMM)."""
+    emissions. ``init``: "random" (logits ~ N(0, init_scale^2)) or "truth" (the data's own HMM)."""
 
     family: Literal["blocked_belief_net"] = "blocked_belief_net"
-    init: Literal["random", "true"] = "random"
+    init: str = "random"  # "random" | "truth"
     init_scale: float = 1.0
 
     def __post_init__(self):
+        check_belief_net_init(self.init, ("random", "truth"))
         if self.init_scale < 0:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 

@@ -9,6 +9,14 @@ then ``logits = resid W_U + b_U``. The transition is parameterised to be stable:
 - "complex": complex diagonal ``0.999 exp(-exp(nu) + i theta)`` (no conjugate pairs imposed);
   its state is hooked as ``[Re h, Im h]`` so probes see real numbers.
 :meth:`LinearSSM.spectrum` returns each layer's eigenvalues.
+
+Every hook sits in the data flow: what a hook returns is what the next operation reads. ``hook_embed``,
+``hook_resid_pre``, ``hook_out`` and ``hook_resid_post`` see all positions at once. ``blocks.{l}.hook_state``
+is called inside the recurrence: after computing position t's state, on the states of positions 0..t
+([batch, t + 1, width]); the recurrence (and ``C h_t``) continues from position t of the hook's output, and
+its earlier positions are ignored. So a caching hook ends up holding the whole [batch, pos, width] state
+(from the last call), and a hook that edits position t changes the state at t + 1.. and nothing before t.
+(The Belief Nets hook their beliefs the same way. The prefix stacks cost O(pos^2) copies per layer.)
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ class SSMLayer(nn.Module):
         u = self.hook_resid_pre(u)
         a = self.transition()
         bu = u @ self.B  # [batch, pos, width]
-        states = []
+        states = []  # the hooked state of each position so far
         if self.kind == "complex":
             n = a.shape[0]
             drive = torch.complex(bu[..., :n], bu[..., n:])
@@ -72,13 +80,15 @@ class SSMLayer(nn.Module):
             for t in range(u.shape[1]):
                 h = a * h + drive[:, t]
                 states.append(torch.cat([h.real, h.imag], -1))
+                states[t] = self.hook_state(torch.stack(states, 1))[:, t].contiguous()
+                h = torch.complex(states[t][..., :n], states[t][..., n:])  # exact: the same real and imaginary parts
         else:
             h = torch.zeros_like(bu[:, 0])
             for t in range(u.shape[1]):
                 h = (h @ a.T if self.kind == "dense" else a * h) + bu[:, t]
                 states.append(h)
-        state = self.hook_state(torch.stack(states, 1))
-        out = self.hook_out(state @ self.C)
+                h = states[t] = self.hook_state(torch.stack(states, 1))[:, t].contiguous()  # h's layout as before
+        out = self.hook_out(torch.stack(states, 1) @ self.C)
         return self.hook_resid_post(u + out)
 
 
@@ -101,7 +111,7 @@ class LinearSSM(HookedRootModule):
         out = []
         for block in self.blocks:
             ev = block.eigenvalues()
-            out.append(ev[torch.argsort(ev.abs(), descending=True)])
+            out.append(ev[torch.argsort(ev.abs(), descending=True, stable=True)])  # a conjugate pair ties
         return out
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from interp.io import read_json
+from interp.rundir import CONFIG, TRAINING, Manifest, read_config, training_inputs
 from interp.training.runconfig import RunConfig, run_config_from_dict
 
 Job = tuple[str, Callable, tuple]
@@ -25,27 +25,23 @@ class WorkerDied(RuntimeError):
 
 # ----------------------------------------------------------------------------- state of one run folder
 def trained(cfg: RunConfig, run_dir: Path) -> bool:
-    """The folder holds this config's finished training."""
-    path = Path(run_dir) / "result.json"
-    if not (path.is_file() and (Path(run_dir) / "model.safetensors").is_file()):
-        return False
-    try:
-        return read_json(path).get("config_hash") == cfg.hash()
-    except ValueError:
-        return False
+    """The folder's manifest records this config's finished training, its files intact."""
+    return Manifest(run_dir).is_fresh(TRAINING, training_inputs(cfg))
 
 
 def resumable(cfg: RunConfig, run_dir: Path) -> bool:
     """The folder holds a started run of this very config (only the step count may differ)."""
+    if not (Path(run_dir) / CONFIG).is_file():
+        return False
     try:
-        old = run_config_from_dict(read_json(Path(run_dir) / "config.json")["config"])
+        old = run_config_from_dict(read_config(run_dir))
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return old.with_steps(1) == cfg.with_steps(1)
 
 
 def probed(run_dir: Path) -> bool:
-    """probe.json exists and was made from the folder's current weights."""
+    """The folder's manifest records probes made from its current weights, their files intact."""
     from interp.interpret.analyse import load_probe_result
 
     try:
@@ -76,11 +72,11 @@ def train_and_probe(cfg_dict: dict, run_dir: str, device: str) -> str:
         exists = run_dir.exists() and any(run_dir.iterdir())
         resume = exists and resumable(cfg, run_dir)
         result = Trainer(cfg, run_dir, device=device, resume=resume, force=exists and not resume).run()
-        report.append(f"{'resumed and ' if resume else ''}trained {result['steps']} steps "
-                      f"(relative loss {result['relative_loss']:.5f})")
+        report.append(f"{'resumed and ' if resume else ''}trained {result.steps} steps "
+                      f"(relative loss {result.relative_loss:.5f})")
     if not probed(run_dir):
         out = probe_run(run_dir, device=device)
-        report.append(f"probed (R^2 {out['best_r2']:.4f} at {out['best_hook']})")
+        report.append(f"probed (R^2 {out.best_r2:.4f} at {out.best_hook})")
     return ", ".join(report) or "already done"
 
 

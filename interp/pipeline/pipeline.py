@@ -9,7 +9,8 @@
     runs/<name>/recovery/           the recovery study (recovery.json)
     runs/<name>/compare/            compare.json, compare.md
     runs/<name>/summary.json        the headline numbers
-    runs/<name>/stages.json         per stage: the fingerprint of its inputs and its last time
+    runs/<name>/manifest.json       per pipeline stage (compare, figures): the fingerprint of its inputs, the
+                                    hashes of its files and its last time (each run folder keeps its own)
 
 and regenerates the figure set (``paper_figs/`` by default). A stage whose inputs did not change and whose
 outputs are intact is reused; an interrupted training resumes from its last checkpoint (bit-identical),
@@ -19,23 +20,23 @@ worker processes with one thread each, so the results do not depend on how the w
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shutil
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
-from interp.config import ConfigError, check_folder_name, load_named_config, reject_unknown_keys
-from interp.io import read_json, write_json
+from interp.config import check_folder_name, inherits, load, load_config, shared, tag_from_key, to_dict
+from interp.io import fingerprint, read_json, sha256_file, write_json
+from interp.models.configs import ModelConfig
 from interp.pipeline.jobs import probed, run_jobs, train_and_probe, trained
-from interp.training.runconfig import ProcessConfig, RunConfig, run_config_from_dict
+from interp.studies.recovery import RecoveryConfig
+from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig
 
 FAMILY_ORDER = ("transformer", "fixed_attention", "ssm", "belief_net")
-SUMMARY_FILE, STAGES_FILE, PIPELINE_FILE = "summary.json", "stages.json", "pipeline.json"
+from interp.rundir import (COMPARE_JSON, COMPARE_MD, COMPARE_STAGE, CONSTRUCTION, FIGURES_STAGE, PIPELINE,
+                           RECOVERY, RESULT, SUMMARY, Manifest, PipelineLayout, recorded_outputs)
 
 DEFAULT_CONFIG = "default.toml"  # package data: the pipeline of `make run` and of `interp run` with no file
 
@@ -46,118 +47,117 @@ class StageError(RuntimeError):
 
 # ----------------------------------------------------------------------------- config
 @dataclass(frozen=True)
+class ModelEntry:
+    """``[models.<family>]``: one model trained on the pipeline's process."""
+
+    model: ModelConfig = tag_from_key()  # its family defaults to the table's name
+    train: TrainConfig = inherits("train")  # the pipeline's [train], this table's keys overriding it
+
+
+@dataclass(frozen=True)
+class ConstructionConfig:
+    """The scaled-vector-addition construction, as a hand-set run."""
+
+    decay: Literal["analytic", "fitted"] = "analytic"  # lambda from the HMM, or by least squares
+
+
+@dataclass(frozen=True)
+class GeometryProcess:
+    """One process the geometry model is trained on."""
+
+    label: str  # its name in figures and summary.json (slugged, it names the run folder)
+    name: str  # a registered process (see ``interp processes``)
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """Figure F8: the belief geometry of other processes inside the same kind of model."""
+
+    model: str = "transformer"  # which [models] entry is trained on each process
+    steps: int | None = None  # its train.steps there (None: the entry's own)
+    processes: tuple[GeometryProcess, ...] = ()
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        labels = [p.label for p in self.processes]
+        for i, label in enumerate(labels):
+            if labels.index(label) != i or not _slug(label):
+                raise ValueError(f"processes[{i}]: label {label!r} is empty or used twice")
+
+
+@dataclass(frozen=True)
+class FiguresConfig:
+    out: str = "paper_figs"  # the folder the figure set is written to
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-    name: str
-    process: ProcessConfig
-    models: dict[str, RunConfig]  # family -> run config
-    construction_decay: str
-    geometry: dict[str, RunConfig]  # label -> run config of the geometry model on that process
-    recovery: object | None  # interp.studies.recovery.RecoveryConfig
-    figures_out: str
-    raw: dict  # the validated input, saved as pipeline.json
+    """Every stage of the lab on one process. ``runs`` and ``geometry_runs`` (the run configs of the trained
+    models) are derived from the rest."""
+
+    name: str  # the pipeline's folder name; the TOML file's stem when left out
+    process: ProcessConfig  # the data of every model and of the construction
+    models: dict[str, ModelEntry]  # family -> its model, trained in that order
+    seed: int = 0  # every run's seed
+    train: TrainConfig = shared("train", default=TrainConfig())  # shared by every model (see ModelEntry)
+    construction: ConstructionConfig = ConstructionConfig()
+    geometry: GeometryConfig = GeometryConfig()
+    recovery: RecoveryConfig | None = None  # the recovery study, or none
+    figures: FiguresConfig = FiguresConfig()
+    runs: dict[str, RunConfig] = field(init=False, repr=False, compare=False)  # family -> run config
+    geometry_runs: dict[str, RunConfig] = field(init=False, repr=False, compare=False)  # label -> run config
+
+    def __post_init__(self):
+        check_folder_name(self.name)
+        if not self.models:
+            raise ValueError("models must hold at least one [models.<family>] table")
+        for family, entry in self.models.items():
+            if entry.model.family != family:
+                raise ValueError(f"models.{family}.model.family must be {family!r} (the table's name), "
+                                 f"got {entry.model.family!r}")
+        runs = {family: self._run(family, f"models.{family}", entry, self.process)
+                for family, entry in self.models.items()}
+        contexts = {cfg.train.context for cfg in runs.values()}
+        if len(contexts) != 1:
+            raise ValueError(f"every model must use the same train.context, got {sorted(contexts)}")
+        geo, geometry = self.geometry, {}
+        if geo.processes and geo.model not in self.models:
+            raise ValueError(f"geometry.model must name one of the [models] tables ({', '.join(self.models)}), "
+                             f"got {geo.model!r}")
+        for i, p in enumerate(geo.processes):
+            entry = self.models[geo.model]
+            if geo.steps is not None:
+                entry = replace(entry, train=replace(entry.train, steps=geo.steps))
+            geometry[p.label] = self._run(_slug(p.label), f"geometry.processes[{i}]", entry,
+                                          ProcessConfig(p.name, p.params))
+        object.__setattr__(self, "runs", runs)
+        object.__setattr__(self, "geometry_runs", geometry)
+
+    def _run(self, name: str, where: str, entry: ModelEntry, process: ProcessConfig) -> RunConfig:
+        try:
+            return RunConfig(name=name, seed=self.seed, process=process, model=entry.model, train=entry.train)
+        except ValueError as err:
+            # the shared process's parameters are the pipeline's own key
+            own = process is self.process and str(err).startswith("process.")
+            raise ValueError(str(err) if own else f"{where}: {err}") from None
 
     @property
     def context(self) -> int:
-        return next(iter(self.models.values())).train.context
+        return next(iter(self.runs.values())).train.context
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
 
 
 def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def _table(data: dict, key: str, where: str) -> dict:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}{key} must be a table, got {type(value).__name__}")
-    return value
-
-
 def pipeline_config_from_dict(data: dict) -> PipelineConfig:
-    """Validate a parsed pipeline TOML; errors name the key."""
-    from interp.studies.recovery import recovery_config_from_dict
-
-    allowed = {"name", "seed", "process", "train", "models", "construction", "geometry", "recovery", "figures"}
-    reject_unknown_keys(data, allowed)
-    name = check_folder_name(data.get("name"))
-    seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    process = _table(data, "process", "")
-    shared_train = _table(data, "train", "")
-    models_in = _table(data, "models", "")
-    if not models_in:
-        raise ConfigError("models must hold at least one [models.<family>] table")
-
-    def run_config(run_name: str, where: str, entry: dict, proc: dict, steps: int | None = None) -> RunConfig:
-        extra = sorted(set(entry) - {"model", "train"})
-        if extra:
-            raise ConfigError(f"{where}: unknown key {extra[0]} (allowed: model, train)")
-        train = {**shared_train, **_table(entry, "train", f"{where}.")}
-        if steps is not None:
-            train["steps"] = steps
-        try:
-            return run_config_from_dict({"name": run_name, "seed": seed, "process": proc,
-                                         "model": _table(entry, "model", f"{where}."), "train": train})
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-
-    models = {}
-    for family, entry in models_in.items():
-        entry = _table(models_in, family, "models.")
-        model = dict(_table(entry, "model", f"models.{family}."))
-        model.setdefault("family", family)
-        if model["family"] != family:
-            raise ConfigError(f"models.{family}.model.family must be {family!r} (the table's name), "
-                              f"got {model['family']!r}")
-        models[family] = run_config(family, f"models.{family}", {**entry, "model": model}, process)
-    contexts = {cfg.train.context for cfg in models.values()}
-    if len(contexts) != 1:
-        raise ConfigError(f"every model must use the same train.context, got {sorted(contexts)}")
-
-    construction = _table(data, "construction", "")
-    if sorted(set(construction) - {"decay"}):
-        raise ConfigError(f"construction: unknown key {sorted(set(construction) - {'decay'})[0]} (allowed: decay)")
-    decay = construction.get("decay", "analytic")
-    if decay not in ("analytic", "fitted"):
-        raise ConfigError(f"construction.decay must be 'analytic' or 'fitted', got {decay!r}")
-
-    geo = _table(data, "geometry", "")
-    if sorted(set(geo) - {"model", "steps", "processes"}):
-        bad = sorted(set(geo) - {"model", "steps", "processes"})[0]
-        raise ConfigError(f"geometry: unknown key {bad} (allowed: model, steps, processes)")
-    geometry = {}
-    if geo.get("processes"):
-        base = geo.get("model", "transformer")
-        if base not in models_in:
-            raise ConfigError(f"geometry.model must name one of the [models] tables ({', '.join(models_in)}), "
-                              f"got {base!r}")
-        steps = geo.get("steps")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ConfigError(f"geometry.steps must be a positive integer, got {steps!r}")
-        if not isinstance(geo["processes"], list):
-            raise ConfigError("geometry.processes must be a list of tables")
-        for i, p in enumerate(geo["processes"]):
-            if not isinstance(p, dict) or not isinstance(p.get("label"), str) or "name" not in p:
-                raise ConfigError(f"geometry.processes[{i}] needs a label and a process name, got {p!r}")
-            label = p["label"]
-            proc = {k: v for k, v in p.items() if k != "label"}
-            if label in geometry or not _slug(label):
-                raise ConfigError(f"geometry.processes[{i}]: label {label!r} is empty or used twice")
-            entry = {**models_in[base], "model": {"family": base, **_table(models_in[base], "model", "")}}
-            geometry[label] = run_config(_slug(label), f"geometry.processes[{i}]", entry, proc, steps)
-
-    recovery = None
-    if data.get("recovery"):
-        try:
-            recovery = recovery_config_from_dict({"name": "recovery", **_table(data, "recovery", "")})
-        except ConfigError as err:
-            raise ConfigError(f"recovery: {err}") from None
-    figures = _table(data, "figures", "")
-    if sorted(set(figures) - {"out"}) or not isinstance(figures.get("out", "paper_figs"), str):
-        raise ConfigError("figures takes one key, out (a folder path)")
-    return PipelineConfig(name=name, process=models[next(iter(models))].process, models=models,
-                          construction_decay=decay, geometry=geometry, recovery=recovery,
-                          figures_out=figures.get("out", "paper_figs"), raw=data)
+    """Validate a parsed pipeline TOML (or a saved pipeline.json); errors name the key."""
+    return load(PipelineConfig, data)
 
 
 def default_pipeline_config() -> PipelineConfig:
@@ -168,41 +168,18 @@ def default_pipeline_config() -> PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    return load_named_config(path, pipeline_config_from_dict)
+    return load_config(path, PipelineConfig)
 
 
 # ----------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class Layout:
-    root: Path
-
-    def model(self, family: str) -> Path:
-        return self.root / "models" / family
-
-    @property
-    def construction(self) -> Path:
-        return self.root / "construction"
-
-    def geometry(self, cfg: RunConfig) -> Path:
-        return self.root / "geometry" / cfg.name
-
-    @property
-    def recovery(self) -> Path:
-        return self.root / "recovery"
-
-    @property
-    def compare(self) -> Path:
-        return self.root / "compare"
-
-
 def figure_inputs(cfg: PipelineConfig, root: Path):
     """What the figure scripts read, from a pipeline's folder (only the parts that exist)."""
-    lay = Layout(Path(root))
-    models = {f: lay.model(f) for f in FAMILY_ORDER if f in cfg.models}
-    geometry = {label: lay.geometry(c) for label, c in cfg.geometry.items()}
-    return dict(models=models, construction=lay.construction if (lay.construction / "result.json").exists() else None,
-                geometry=geometry, recovery=lay.recovery if (lay.recovery / "recovery.json").exists() else None,
-                compare=lay.compare if (lay.compare / "compare.json").exists() else None)
+    lay = PipelineLayout(Path(root))
+    models = {f: lay.model(f) for f in FAMILY_ORDER if f in cfg.runs}
+    geometry = {label: lay.geometry(c) for label, c in cfg.geometry_runs.items()}
+    return dict(models=models, construction=lay.construction if (lay.construction / RESULT).exists() else None,
+                geometry=geometry, recovery=lay.recovery if (lay.recovery / RECOVERY).exists() else None,
+                compare=lay.compare if (lay.compare / COMPARE_JSON).exists() else None)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -213,8 +190,8 @@ def figure_fingerprint() -> str:
     import interp.figures
 
     folder = Path(interp.figures.__file__).parent
-    return _sha({"matplotlib": matplotlib.__version__,
-                 "sources": {p.name: _file_sha(p) for p in sorted(folder.glob("*.py"))}})
+    return fingerprint({"matplotlib": matplotlib.__version__,
+                        "sources": {p.name: sha256_file(p) for p in sorted(folder.glob("*.py"))}})
 
 
 def draw_figures(inputs: dict, out_dir: Path, *, command: str) -> list[str]:
@@ -227,36 +204,29 @@ def draw_figures(inputs: dict, out_dir: Path, *, command: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _file_sha(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
-def _run_state(run_dir: Path) -> list:
-    """What later stages read of a run: its config, weights and probes."""
-    from interp.interpret.cache import run_fingerprint
-
-    return [str(run_dir), run_fingerprint(run_dir), _file_sha(run_dir / "probe.json")]
+def _run_state(run_dir: Path) -> dict:
+    """What later stages read of a run (its model, result, cache and probes), as its manifest records them."""
+    return {"path": str(run_dir), "outputs": recorded_outputs(run_dir)}
 
 
 # ----------------------------------------------------------------------------- jobs (run in workers)
 def _construct_and_probe(process: dict, context: int, decay: str, run_dir: str, device: str) -> str:
-    from interp.interpret.analyse import build_construction_run, probe_run
+    import shutil
+
+    from interp.interpret.analyse import build_construction_run, construction_inputs, probe_run
 
     run_dir, done = Path(run_dir), []
-    marker = run_dir / "result.json"
-    want = {"process": process, "context": context, "decay": decay}
-    if not (marker.is_file() and read_json(marker).get("pipeline_inputs") == want):
+    if not Manifest(run_dir).is_fresh(CONSTRUCTION, construction_inputs(process, context, decay)):
         shutil.rmtree(run_dir, ignore_errors=True)
         res = build_construction_run(process, context, run_dir, decay=decay)
-        write_json(marker, {**read_json(marker), "pipeline_inputs": want})
         done.append(f"built (lambda {res['construction']['decay']:.4f}, relative loss {res['relative_loss']:.6f})")
     if not probed(run_dir):
         out = probe_run(run_dir, device=device)
-        done.append(f"probed (R^2 {out['best_r2']:.4f} at {out['best_hook']})")
+        done.append(f"probed (R^2 {out.best_r2:.4f} at {out.best_hook})")
     return ", ".join(done)
 
 
@@ -264,7 +234,7 @@ def _recovery_seed(cfg_dict: dict, seed: int, out_dir: str) -> str:
     from interp.studies.recovery import recovery_config_from_dict, run_recovery_seed
 
     res = run_recovery_seed(recovery_config_from_dict(cfg_dict), seed, out_dir)
-    return "fitted " + ", ".join(sorted(res["methods"]))
+    return "fitted " + ", ".join(sorted(res.methods))
 
 
 _SECONDS_PER_STEP = {"transformer": 0.025, "fixed_attention": 0.012, "ssm": 0.015, "belief_net": 0.01}
@@ -281,30 +251,19 @@ def _estimated_seconds(job) -> float:
 
 # ----------------------------------------------------------------------------- the pipeline
 class Pipeline:
-    """``Pipeline(cfg, out_dir, figures_dir).run()`` -> the summary dict."""
+    """``Pipeline(cfg, out_dir, figures_dir).run()`` -> the PipelineSummary."""
 
     def __init__(self, cfg: PipelineConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
                  device: str = "cpu", workers: int = 2, figures: bool = True,
                  log: Callable[[str], None] = print):
         if workers < 0:
             raise ValueError(f"--workers must be >= 0, got {workers}")
-        self.cfg, self.lay = cfg, Layout(Path(out_dir))
-        self.figures_dir = Path(figures_dir if figures_dir is not None else cfg.figures_out)
+        self.cfg, self.lay = cfg, PipelineLayout(Path(out_dir))
+        self.figures_dir = Path(figures_dir if figures_dir is not None else cfg.figures.out)
         self.device, self.workers, self.figures, self.log = device, workers, figures, log
-        self.stages_path = self.lay.root / STAGES_FILE
+        self.manifest = Manifest(self.lay.root)  # the pipeline's own stages; each run folder keeps its own
 
     # -------------------------------------------------------------- bookkeeping
-    def _stages(self) -> dict:
-        try:
-            return read_json(self.stages_path)
-        except (OSError, ValueError):
-            return {}
-
-    def _record(self, stage: str, fingerprint: str | None, seconds: float) -> None:
-        stages = self._stages()
-        stages[stage] = {"fingerprint": fingerprint, "seconds": round(seconds, 2)}
-        write_json(self.stages_path, stages)
-
     def _say(self, stage: str, what: str, seconds: float | None = None) -> None:
         took = "" if seconds is None else f" ({seconds:.1f} s)"
         self.log(f"[{stage:<24}] {what}{took}")
@@ -314,29 +273,27 @@ class Pipeline:
         """The independent stages still to do, longest first (each reuses whatever part is done)."""
         cfg, lay, dev = self.cfg, self.lay, self.device
         jobs = []
-        for family, run in cfg.models.items():
+        for family, run in cfg.runs.items():
             d = lay.model(family)
             if not (trained(run, d) and probed(d)):
                 jobs.append((f"model {family}", train_and_probe, (run.to_dict(), str(d), dev)))
-        for label, run in cfg.geometry.items():
+        for label, run in cfg.geometry_runs.items():
             d = lay.geometry(run)
             if not (trained(run, d) and probed(d)):
                 jobs.append((f"geometry {run.name}", train_and_probe, (run.to_dict(), str(d), dev)))
+        from interp.interpret.analyse import construction_inputs
+
         proc = {"name": cfg.process.name, "params": dict(cfg.process.params)}
-        want = {"process": proc, "context": cfg.context, "decay": cfg.construction_decay}
-        marker = lay.construction / "result.json"
-        try:
-            built = marker.is_file() and read_json(marker).get("pipeline_inputs") == want
-        except ValueError:
-            built = False
+        built = Manifest(lay.construction).is_fresh(CONSTRUCTION,
+                                                    construction_inputs(proc, cfg.context, cfg.construction.decay))
         if not (built and probed(lay.construction)):
             jobs.append(("construction", _construct_and_probe,
-                         (proc, cfg.context, cfg.construction_decay, str(lay.construction), dev)))
+                         (proc, cfg.context, cfg.construction.decay, str(lay.construction), dev)))
         if cfg.recovery is not None:
-            from interp.studies.recovery import seed_path
+            from interp.studies.recovery import seed_done
 
             for seed in cfg.recovery.seeds:
-                if not seed_path(lay.recovery, seed).is_file():
+                if not seed_done(cfg.recovery, seed, lay.recovery):
                     jobs.append((f"recovery seed {seed}", _recovery_seed,
                                  (cfg.recovery.to_dict(), seed, str(lay.recovery))))
         return sorted(jobs, key=lambda job: -_estimated_seconds(job))
@@ -358,21 +315,22 @@ class Pipeline:
         self._say("recovery", "within epsilon: " + ", ".join(parts), time.perf_counter() - t0)
 
     def _compare_dirs(self) -> list[Path]:
-        return [self.lay.model(f) for f in FAMILY_ORDER if f in self.cfg.models] + [self.lay.construction]
+        return [self.lay.model(f) for f in FAMILY_ORDER if f in self.cfg.runs] + [self.lay.construction]
 
     def _compare(self) -> None:
         from interp.interpret.analyse import compare_runs
 
         dirs = self._compare_dirs()
-        fp = _sha([_run_state(d) for d in dirs])
-        out = self.lay.compare / "compare.json"
-        if self._stages().get("compare", {}).get("fingerprint") == fp and out.is_file():
+        inputs = {"runs": [_run_state(d) for d in dirs]}
+        if self.manifest.is_fresh(COMPARE_STAGE, inputs):
             self._say("compare", "reused")
             return
         t0 = time.perf_counter()
+        self.manifest.forget(COMPARE_STAGE)
         compare_runs(dirs, self.lay.compare, device=self.device)
-        self._record("compare", fp, time.perf_counter() - t0)
-        self._say("compare", f"{len(dirs)} runs -> {self.lay.compare / 'compare.md'}", time.perf_counter() - t0)
+        self.manifest.record(COMPARE_STAGE, inputs, [self.lay.compare / COMPARE_JSON, self.lay.compare / COMPARE_MD],
+                             seconds=round(time.perf_counter() - t0, 2))
+        self._say("compare", f"{len(dirs)} runs -> {self.lay.compare / COMPARE_MD}", time.perf_counter() - t0)
 
     def _figures(self) -> None:
         cfg = self.cfg
@@ -380,36 +338,34 @@ class Pipeline:
         run_dirs = [*inputs["models"].values(), *inputs["geometry"].values()]
         if inputs["construction"] is not None:
             run_dirs.append(inputs["construction"])
-        fp = _sha({"runs": [_run_state(d) for d in run_dirs],
-                   "files": [_file_sha(self.lay.root / SUMMARY_FILE), _file_sha(self.lay.compare / "compare.json"),
-                             _file_sha(self.lay.recovery / "recovery.json")],
-                   "scripts": figure_fingerprint(), "out": str(self.figures_dir.resolve())})
-        rec = self._stages().get("figures", {})
-        if rec.get("fingerprint") == fp and all((self.figures_dir / f).is_file() for f in rec.get("files", [])):
+        depends = {"runs": [_run_state(d) for d in run_dirs],
+                   "files": [_file_sha(self.lay.root / SUMMARY), _file_sha(self.lay.compare / COMPARE_JSON),
+                             _file_sha(self.lay.recovery / RECOVERY)],
+                   "scripts": figure_fingerprint(), "out": str(self.figures_dir.resolve())}
+        if self.manifest.is_fresh(FIGURES_STAGE, depends):
             self._say("figures", "reused")
             return
         t0 = time.perf_counter()
+        self.manifest.forget(FIGURES_STAGE)
         written = draw_figures(inputs, self.figures_dir, command=self.command)
-        stages = self._stages()
-        stages["figures"] = {"fingerprint": fp, "seconds": round(time.perf_counter() - t0, 2),
-                             "files": written}
-        write_json(self.stages_path, stages)
+        self.manifest.record(FIGURES_STAGE, depends, [self.figures_dir / name for name in written],
+                             seconds=round(time.perf_counter() - t0, 2))
         self._say("figures", f"{len(written)} files -> {self.figures_dir}", time.perf_counter() - t0)
 
     command = "interp run"
 
-    def run(self) -> dict:
+    def run(self) -> PipelineSummary:
         t_all = time.perf_counter()
         root = self.lay.root
-        saved = root / PIPELINE_FILE
+        saved = root / PIPELINE
         if saved.is_file():
-            try:
-                same = read_json(saved) == json.loads(json.dumps(self.cfg.raw))
+            try:  # read back through the config class: an older file's shape is no change
+                same = pipeline_config_from_dict(read_json(saved)) == self.cfg
             except ValueError:
                 same = False
             if not same:
                 self.log(f"[{'config':<24}] {saved} differs from this config: stages whose inputs changed are redone")
-        write_json(saved, self.cfg.raw)
+        write_json(saved, self.cfg.to_dict())
         if self.cfg.recovery is not None:
             from interp.studies.recovery import prepare_study
 
@@ -418,7 +374,7 @@ class Pipeline:
             except (FileExistsError, ValueError):  # another study's (or a corrupt) folder: this pipeline owns it
                 prepare_study(self.cfg.recovery, self.lay.recovery, force=True)
         jobs = self.jobs()
-        done = ({f"model {f}" for f in self.cfg.models} | {f"geometry {c.name}" for c in self.cfg.geometry.values()}
+        done = ({f"model {f}" for f in self.cfg.runs} | {f"geometry {c.name}" for c in self.cfg.geometry_runs.values()}
                 | {"construction"}) - {s for s, _, _ in jobs}
         for stage in sorted(done):
             self._say(stage, "reused (trained and probed)" if stage != "construction" else "reused")
@@ -428,8 +384,8 @@ class Pipeline:
         self._compare()
         t0 = time.perf_counter()
         summary = build_summary(self.cfg, root)
-        write_json(root / SUMMARY_FILE, summary)
-        self._say("summary", f"-> {root / SUMMARY_FILE}", time.perf_counter() - t0)
+        write_json(root / SUMMARY, summary.to_dict())
+        self._say("summary", f"-> {root / SUMMARY}", time.perf_counter() - t0)
         if self.figures:
             self._figures()
         self.log(f"[{'done':<24}] {self.cfg.name} in {time.perf_counter() - t_all:.1f} s")
@@ -437,6 +393,35 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class PipelineSummary:
+    """The headline numbers of a finished pipeline, as ``summary.json`` holds them (losses in nats/token;
+    numbers that could not be computed are None)."""
+
+    name: str
+    process: dict  # name, params (defaults included), label, n_states, n_tokens
+    context: int
+    optimal_loss: float  # the exact Bayesian predictor's expected loss, mean over positions 1..L-1
+    optimal_loss_note: str
+    optimal_loss_per_position: list[float]
+    entropy_rate: float
+    models: dict[str, dict]  # family -> its run's losses, probe and causal scores (and family extras)
+    construction: dict  # the scaled-vector-addition construction: decays, R^2, losses, hand-set model
+    attention: dict | None  # the transformer's (and the fixed-attention model's) best head, if trained
+    geometry: dict[str, dict]  # label -> the geometry model's loss and probe on that process
+    recovery: dict | None = None  # the recovery study's methods, when it ran (the key is absent otherwise)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.recovery is None:
+            del out["recovery"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PipelineSummary":
+        return cls(**data)
+
+
 def _attention_row(row: dict | None) -> dict | None:
     if not row or not row.get("attention"):
         return None
@@ -448,18 +433,19 @@ def _attention_row(row: dict | None) -> dict | None:
             "current_weight": head.get("current_weight"), "previous_weight": head.get("previous_weight")}
 
 
-def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
+def build_summary(cfg: PipelineConfig, root: str | Path) -> PipelineSummary:
     """The headline numbers of a finished pipeline, from its compare.json, run folders and recovery.json."""
-    from interp.interpret.analyse import _nan_to_none, process_label
+    from interp.interpret.analyse import ProbeResult, _nan_to_none, process_label
     from interp.hmm import entropy_rate, optimal_loss
+    from interp.training.trainer import TrainResult
 
-    lay = Layout(Path(root))
+    lay = PipelineLayout(Path(root))
     compare = read_json(lay.compare / "compare.json")
     hmm = cfg.process.build()
     L = cfg.context
     opt = optimal_loss(hmm, L, seed=0)
     rows = {r["path"]: r for r in compare["runs"]}
-    first = next(iter(cfg.models.values()))
+    first = next(iter(cfg.runs.values()))
     label = process_label(first)
     summary = {
         "name": cfg.name,
@@ -474,17 +460,17 @@ def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
         "models": {},
     }
     for family in FAMILY_ORDER:
-        if family not in cfg.models:
+        if family not in cfg.runs:
             continue
         d = lay.model(family)
         row = rows[str(d)]
-        result = read_json(d / "result.json")
-        entry = {"run": str(d), "relative_loss": row["relative_loss"], "eval_loss": result["eval_loss"],
+        result = TrainResult.read(d)
+        entry = {"run": str(d), "relative_loss": row["relative_loss"], "eval_loss": result.eval_loss,
                  "probe_r2": row["probe_r2"], "probe_hook": row["probe_hook"],
                  "probe_r2_all_layers": row["probe_r2_all_layers"], "probe_r2_shuffled": row["probe_r2_shuffled"],
                  "causal_kl_before": row["causal"]["kl_target_before"],
                  "causal_kl_after": row["causal"]["kl_target_after"],
-                 "train_steps": result["steps"]}
+                 "train_steps": result.steps}
         if row.get("belief_net"):
             entry["belief_net"] = {k: v for k, v in row["belief_net"].items() if k != "perm"}
         if row.get("ssm"):
@@ -512,12 +498,12 @@ def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
         att["fixed_attention"] = fixed
     summary["attention"] = att
     geo = {}
-    for glabel, run in cfg.geometry.items():
+    for glabel, run in cfg.geometry_runs.items():
         d = lay.geometry(run)
-        probe = read_json(d / "probe.json")
+        probe = ProbeResult.from_dict(read_json(d / "probe.json"))
         geo[glabel] = {"run": str(d), "process": process_label(run),
-                       "relative_loss": read_json(d / "result.json")["relative_loss"],
-                       "probe_r2": probe["best_r2"], "probe_hook": probe["best_hook"]}
+                       "relative_loss": TrainResult.read(d).relative_loss,
+                       "probe_r2": probe.best_r2, "probe_hook": probe.best_hook}
     summary["geometry"] = geo
     if cfg.recovery is not None and (lay.recovery / "recovery.json").is_file():
         rec = read_json(lay.recovery / "recovery.json")["summary"]
@@ -530,4 +516,4 @@ def build_summary(cfg: PipelineConfig, root: str | Path) -> dict:
                              if key in st}}
         summary["recovery"] = {"seeds": list(cfg.recovery.seeds), "epsilon": cfg.recovery.epsilon,
                                "methods": methods, "belief_net_speedup": rec["speedup"]}
-    return _nan_to_none(summary)
+    return PipelineSummary.from_dict(_nan_to_none(summary))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from interp import hmm as H
-from interp.config import ConfigError, from_dict, read_toml, to_dict
+from interp.config import ConfigError, load, load_config, to_dict
 from interp.hmm.filtering import flush_denormals
 from interp.hmm.matching import parameter_errors
+from interp.models.belief_net import BeliefNet, initial_logits
+from interp.models.configs import check_belief_net_init
 
 
 @dataclass(frozen=True)
@@ -31,35 +33,45 @@ class TrueHMMConfig:
 
     n_states: int = 64
     n_tokens: int = 128
-    shift_weight: float = 0.9
-    transition_nnz: int = 4
-    emission_nnz: int = 4
+    shift_weight: float = 0.9  # A = shift_weight * (shift i -> i+1) + the rest sparse random
+    transition_nnz: int = 4  # nonzeros per transition row
+    emission_nnz: int = 4  # nonzeros per emission row
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    n_train: int = 4000
-    n_heldout: int = 500
-    length: int = 256
+    """Sequences sampled from each seed's true HMM: the same for every method."""
+
+    n_train: int = 4000  # training sequences
+    n_heldout: int = 500  # held-out sequences, for the NLL every method is scored by
+    length: int = 256  # tokens per sequence
 
 
 @dataclass(frozen=True)
 class BeliefNetFit:
+    """How the Belief Net is fitted (Adam(W) on the exact gradient of the NLL)."""
+
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 0.05
     batch_size: int = 0  # 0: full batch
     max_steps: int = 500
     max_seconds: float = 600.0
     eval_every: int = 10  # steps between held-out evaluations (not timed)
-    init: Literal["random", "uniform", "spectral"] = "random"
-    init_scale: float = 1.0  # std of random logits; noise size for "uniform"
+    # "random" | "near_uniform" | "spectral" | "truth" (interp.models.belief_net.initial_logits)
+    init: str = "random"
+    init_scale: float = 1.0  # std of random logits; 100 times the noise of "near_uniform"
     restarts: int = 1  # independent inits; the best training likelihood is kept
     # "cosine": the learning rate decays to 0 over max_steps, so minibatch noise dies out at the end
     lr_schedule: Literal["constant", "cosine"] = "constant"
 
+    def __post_init__(self):
+        check_belief_net_init(self.init)
+
 
 @dataclass(frozen=True)
 class BaumWelchFit:
+    """hmmlearn's EM, one run per implementation, started where the Belief Net starts."""
+
     implementations: tuple[str, ...] = ("scaling",)  # hmmlearn's; "log" is its default
     max_iter: int = 200
     max_seconds: float = 1800.0
@@ -71,7 +83,7 @@ class AblationConfig:
     """Belief Net initialisations to compare (each on every seed)."""
 
     random_scales: tuple[float, ...] = ()
-    uniform: bool = False
+    near_uniform: bool = False
     spectral: bool = False
     restarts: int = 0  # > 1: a run keeping the best of this many random inits
     # a control, not a method: started at the true parameters, where the fit ends is the floor for this
@@ -84,10 +96,12 @@ SPECTRAL_MAX_ENTRIES = 2**27  # windowed third moments held in float64: 1 GiB
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    name: str = "recovery"
-    seeds: tuple[int, ...] = tuple(range(10))
+    """A recovery study: per seed a true HMM and its data, every method fitted and scored."""
+
+    name: str = "recovery"  # the study's folder name; the TOML file's stem when left out
+    seeds: tuple[int, ...] = tuple(range(10))  # each draws its own true HMM and data
     epsilon: float = 1e-3  # nats/token from the true model's held-out NLL that counts as recovered
-    device: str = "cpu"
+    device: str = "cpu"  # where the Belief Net is fitted: "cpu" or "cuda"
     hmm: TrueHMMConfig = field(default_factory=TrueHMMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     belief_net: BeliefNetFit = field(default_factory=BeliefNetFit)
@@ -132,6 +146,7 @@ class RecoveryConfig:
                               f"{list(self.baum_welch.implementations)}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        self.true_hmm(self.seeds[0])  # the family's own checks (nnz against the sizes)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -144,25 +159,12 @@ class RecoveryConfig:
 
 
 def recovery_config_from_dict(data: dict, *, default_name: str | None = None) -> RecoveryConfig:
-    data = dict(data)
-    if "name" not in data and default_name is not None:
-        data["name"] = default_name
-    try:
-        cfg = from_dict(RecoveryConfig, data)
-        cfg.true_hmm(cfg.seeds[0])
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return cfg
+    """Validate a parsed recovery TOML (or a saved config.json) into a RecoveryConfig."""
+    return load(RecoveryConfig, data, default_name=default_name)
 
 
 def load_recovery_config(path: str | Path) -> RecoveryConfig:
-    path = Path(path)
-    try:
-        return recovery_config_from_dict(read_toml(path), default_name=path.stem)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+    return load_config(path, RecoveryConfig)
 
 
 # ----------------------------------------------------------------------------- Belief Net
@@ -170,102 +172,14 @@ def _seed_stream(seed: int, label: str) -> int:
     return int(np.random.SeedSequence([seed, sum(map(ord, label))]).generate_state(1)[0])
 
 
-def initial_logits(S: int, V: int, init: str, scale: float, generator: torch.Generator,
-                   spectral: H.EmissionForm | None = None,
-                   truth: H.EmissionForm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits of (mu, A, C) for an initialisation: random N(0, scale^2), near-uniform (0 plus scale * 0.01
-    noise), the log of a spectral estimate, or the log of the true parameters (a control)."""
-    shapes = ((S,), (S, S), (S, V))
-    if init == "random":
-        return tuple(scale * torch.randn(*s, generator=generator, dtype=torch.float64) for s in shapes)
-    if init == "uniform":
-        return tuple(0.01 * scale * torch.randn(*s, generator=generator, dtype=torch.float64) for s in shapes)
-    if init == "spectral":
-        if spectral is None:
-            raise ValueError("init='spectral' needs a spectral estimate")
-        return tuple(torch.log(p.double().clamp_min(1e-6)) for p in (spectral.mu, spectral.A, spectral.C))
-    if init == "truth":
-        if truth is None:
-            raise ValueError("init='truth' needs the true parameters")
-        # zeros of the sparse truth become logits of -30: exact to 1e-13, and still finite for Adam
-        return tuple(torch.log(p.double().clamp_min(1e-13)) for p in (truth.mu, truth.A, truth.C))
-    raise ValueError(f"unknown init {init!r}")
-
-
-def belief_net_log_likelihood(mu_logits, A_logits, C_logits, tokens: torch.Tensor) -> torch.Tensor:
-    """[n] log P(x_0..x_{L-1}) under the emission form given by the logits (the Belief Net's forward filter,
-    first token included). Differentiable."""
-    mu, A, C = torch.softmax(mu_logits, -1), torch.softmax(A_logits, -1), torch.softmax(C_logits, -1)
-    emit = C.T[tokens]  # [n, L, S]: P(x_t | state)
-    b = mu.expand(tokens.shape[0], -1)
-    ll = torch.zeros(tokens.shape[0], dtype=mu.dtype, device=mu.device)
-    for t in range(tokens.shape[1]):
-        w = b * emit[:, t]
-        z = w.sum(-1)
-        ll = ll + torch.log(z)
-        b = (w / z[:, None]) @ A
-    return ll
-
-
-@torch.no_grad()
-def belief_net_gradient(mu_logits: torch.Tensor, A_logits: torch.Tensor, C_logits: torch.Tensor,
-                        tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """[n] log-likelihoods and the exact gradient of their sum with respect to the three logit tensors.
-
-    The same numbers autograd gives through :func:`belief_net_log_likelihood`, computed by a scaled
-    forward-backward pass: for a row-softmax parameter, ``d LL / d logits[i, j] = N[i, j] - P[i, j] N[i, :].sum()``
-    with N the expected counts (initial states, transitions, emissions). Autograd through 256 sequential
-    steps of a 4000 x 64 batch is dominated by allocating and saving every intermediate; this pass keeps
-    one time-major [L, n, S] array of forward beliefs (each step reads and writes contiguous rows), gathers
-    each step's emission rows from the small [V, S] table, gets the normaliser as an extra column of the
-    product, and accumulates the expected counts while it goes back (2.3x faster than a batch-major pass
-    at the paper's size, and two orders of magnitude faster than autograd)."""
-    mu, A, C = torch.softmax(mu_logits, -1), torch.softmax(A_logits, -1), torch.softmax(C_logits, -1)
-    n, L = tokens.shape
-    S, V = C.shape
-    dt, dev = A.dtype, A.device
-    tok = tokens.T.contiguous()  # [L, n]: each step reads contiguous rows
-    CT = C.T.contiguous()  # [V, S]
-    a_ext = torch.cat([A, torch.ones(S, 1, dtype=dt, device=dev)], 1)  # last column: row sums
-    alpha = torch.empty(L, n, S, dtype=dt, device=dev)  # normalised forward beliefs, time-major
-    r = torch.empty(L, n, dtype=dt, device=dev)  # 1 / c_t
-    u = torch.empty(n, S + 1, dtype=dt, device=dev)
-    e = torch.empty(n, S, dtype=dt, device=dev)
-    prior = mu.expand(n, S)
-    for t in range(L):
-        torch.index_select(CT, 0, tok[t], out=e)
-        w = torch.mul(prior, e, out=alpha[t])
-        torch.mm(w, a_ext, out=u)
-        torch.reciprocal(u[:, S], out=r[t])
-        w.mul_(r[t, :, None])
-        prior = u[:, :S].mul_(r[t, :, None])
-    n_A = torch.zeros(S, S, dtype=dt, device=dev)
-    n_C = torch.zeros(V, S, dtype=dt, device=dev)
-    beta = torch.ones(n, S, dtype=dt, device=dev)
-    nxt = torch.empty(n, S, dtype=dt, device=dev)
-    AT = A.T.contiguous()
-    n_C.index_add_(0, tok[L - 1], alpha[L - 1])
-    for t in range(L - 2, -1, -1):
-        torch.index_select(CT, 0, tok[t + 1], out=e)
-        torch.mul(e, beta, out=nxt).mul_(r[t + 1, :, None])
-        n_A.addmm_(alpha[t].T, nxt)
-        torch.mm(nxt, AT, out=beta)
-        g = e  # reuse: gamma_t
-        torch.mul(alpha[t], beta, out=g)
-        n_C.index_add_(0, tok[t], g)
-    n_A = n_A * A
-    n_mu = g.sum(0) if L > 1 else alpha[0].sum(0)
-    n_C = n_C.T
-    grads = tuple(N - P * N.sum(-1, keepdim=True) for N, P in ((n_mu, mu), (n_A, A), (n_C, C)))
-    return -torch.log(r).sum(0), grads
-
-
 def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: BeliefNetFit, *, seed: int,
                    dtype=torch.float32) -> dict:
-    """Adam(W) on the negative log-likelihood; returns the learned (mu, A, C), the curve of held-out NLL per
-    token against fitting time, and the final training NLL per token."""
+    """Adam(W) on the negative log-likelihood of a :class:`BeliefNet` started at ``logits`` (mu, A, C), with the
+    exact gradient by expected counts; returns the model, its learned (mu, A, C), the curve of held-out NLL per
+    token (the exact filter's, first token included) against fitting time, and the final training NLL per token."""
     device = train.device
-    params = [torch.nn.Parameter(x.to(device=device, dtype=dtype)) for x in logits]
+    model = BeliefNet.from_logits(*(x.to(device=device, dtype=dtype) for x in logits), n_ctx=train.shape[1])
+    params = [model.mu_logits, model.A_logits, model.C_logits]
     opt_cls = torch.optim.AdamW if fit.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(params, lr=fit.lr)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=fit.max_steps)
@@ -273,18 +187,16 @@ def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: Beli
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_tok_train, n_tok_held = train.numel(), heldout.numel()
 
-    @torch.no_grad()
     def heldout_nll() -> float:
-        p64 = [p.detach().double() for p in params]
-        return float(-sum(belief_net_log_likelihood(*p64, chunk).sum() for chunk in heldout.split(1000)) / n_tok_held)
+        return float(-model.log_likelihood(heldout).sum() / n_tok_held)
 
     curve = [(0.0, 0, heldout_nll())]
     elapsed, step = 0.0, 0
     while step < fit.max_steps and elapsed < fit.max_seconds:
         t0 = time.perf_counter()
         batch = train if fit.batch_size == 0 else train[torch.randint(train.shape[0], (fit.batch_size,), generator=g)]
-        _, grads = belief_net_gradient(*params, batch)
-        for p, g_ in zip(params, grads):
+        grads = model.log_likelihood_gradient(batch)
+        for p, g_ in zip(params, (grads.mu, grads.A, grads.C)):
             p.grad = -g_ / batch.numel()  # the gradient of the mean NLL per token
         opt.step()
         if sched is not None:
@@ -295,14 +207,12 @@ def fit_belief_net(train: torch.Tensor, heldout: torch.Tensor, logits, fit: Beli
         step += 1
         if step % fit.eval_every == 0 or step == fit.max_steps:
             curve.append((elapsed, step, heldout_nll()))
-    with torch.no_grad():
-        p64 = [p.detach().double() for p in params]
-        train_nll = float(-sum(belief_net_log_likelihood(*p64, c).sum() for c in train.split(1000)) / n_tok_train)
-        mu, A, C = (torch.softmax(p, -1).cpu() for p in p64)
+    train_nll = float(-model.log_likelihood(train).sum() / n_tok_train)
     if curve[-1][1] != step:
         curve.append((elapsed, step, heldout_nll()))
-    return {"params": H.EmissionForm(mu, A, C), "curve": curve, "train_nll": train_nll, "steps": step,
-            "seconds": elapsed, "final_lr": float(opt.param_groups[0]["lr"])}
+    em = model.emission_form()
+    return {"model": model, "params": H.EmissionForm(em.mu.cpu(), em.A.cpu(), em.C.cpu()), "curve": curve,
+            "train_nll": train_nll, "steps": step, "seconds": elapsed, "final_lr": float(opt.param_groups[0]["lr"])}
 
 
 # ----------------------------------------------------------------------------- Baum-Welch
@@ -373,9 +283,14 @@ def study_data(cfg: RecoveryConfig, seed: int) -> tuple[H.HMM, torch.Tensor, tor
     return hmm, train, heldout
 
 
-def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int):
+def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int,
+                 *, seed: int | None = None):
     """HKZ observable operators over ``window``-token windows at rank min(S, V^window): (result with the held-out
-    NLL per token, the moments it was fitted to, for a spectral start to reuse)."""
+    NLL per token, the moments it was fitted to, for a spectral start to reuse).
+
+    With ``seed``, the result also says how the emission-form estimate at the same rank (the spectral start,
+    drawn with ``torch.Generator().manual_seed(seed)``) found its eigenvectors: ``refinement`` and
+    ``refinement_start`` as in :class:`interp.baselines.spectral.EmissionRecovery`. It is not timed."""
     from interp.baselines import spectral as SP
 
     t0 = time.perf_counter()
@@ -384,24 +299,46 @@ def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_to
     model = SP.SpectralHMM.fit(moments, rank)
     seconds = time.perf_counter() - t0
     nll = float(-model.log_likelihood(heldout).sum() / heldout.numel())
-    return {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}, moments
+    res = {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}
+    if seed is not None:
+        rec = SP.fit_emission_form(moments, rank, generator=torch.Generator().manual_seed(seed))
+        res |= {"refinement": rec.refinement, "refinement_start": rec.start}
+    return res, moments
 
 
-def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda m: None) -> dict:
+@dataclass(frozen=True)
+class RecoverySeed:
+    """One seed of a study, as ``seeds/seed_*.json`` holds it (NLL in nats/token, first token included)."""
+
+    seed: int
+    true_heldout_nll: float  # the true HMM's, on the held-out set
+    true_train_nll: float
+    methods: dict[str, dict]  # method -> its scores (heldout_nll, excess_nll, recovered, curve, errors, ...)
+    speedup: dict  # how much sooner the Belief Net reaches Baum-Welch's final held-out NLL
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecoverySeed":
+        return cls(**data)
+
+
+def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda m: None) -> "RecoverySeed":
     device = torch.device(cfg.device)
     hmm, train, heldout = study_data(cfg, seed)
     true = hmm.to_emission()
     S, V = hmm.n_states, hmm.n_tokens
     true_nll = float(-H.log_likelihood(hmm, heldout).sum() / heldout.numel())
     true_train_nll = float(-H.log_likelihood(hmm, train).sum() / train.numel())
-    out = {"seed": seed, "true_heldout_nll": true_nll, "true_train_nll": true_train_nll, "methods": {}}
+    methods: dict[str, dict] = {}
 
     needs_spectral = cfg.belief_net.init == "spectral" or cfg.ablation.spectral
     spectral_params, moments = None, None
     if cfg.spectral:
         res, moments = fit_spectral(train, heldout, S, V, cfg.spectral_window)
         nll = res["heldout_nll"]
-        out["methods"]["spectral"] = {**res, "excess_nll": nll - true_nll, "recovered": nll - true_nll <= cfg.epsilon}
+        methods["spectral"] = {**res, "excess_nll": nll - true_nll, "recovered": nll - true_nll <= cfg.epsilon}
         window = f", {cfg.spectral_window}-token windows" if cfg.spectral_window > 1 else ""
         log(f"seed {seed}: spectral (rank {res['rank']}{window}) held-out NLL {nll:.4f} vs true {true_nll:.4f}")
     if needs_spectral:
@@ -419,19 +356,19 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
             spectral_params = H.EmissionForm(spectral_params.mu[idx] / reps, A / A.sum(1, keepdim=True),
                                              spectral_params.C[idx])
 
-    def bn(label: str, init: str, scale: float, restarts: int) -> None:
+    def bn(label: str, init: str, scale: float, restarts: int, stream: str | None = None) -> None:
         runs = []
         for r in range(restarts):
-            g = torch.Generator().manual_seed(_seed_stream(seed, f"{label}/{r}"))
-            logits = initial_logits(S, V, init, scale, g, spectral_params, true)
+            g = torch.Generator().manual_seed(_seed_stream(seed, f"{stream or label}/{r}"))
+            logits = initial_logits(S, V, init, scale, g, spectral=spectral_params, truth=true)
             runs.append(fit_belief_net(train.to(device), heldout.to(device), logits, cfg.belief_net, seed=seed))
         best = min(runs, key=lambda r: r["train_nll"])
         # the other restarts cost their time too: count it as spent before the kept one
         other = sum(r["seconds"] for r in runs) - best["seconds"]
         best = {**best, "seconds": best["seconds"] + other,
                 "curve": [(t + other, s, n) for t, s, n in best["curve"]]}
-        out["methods"][label] = _summary(best, true, true_nll, cfg.epsilon)
-        m = out["methods"][label]
+        methods[label] = _summary(best, true, true_nll, cfg.epsilon)
+        m = methods[label]
         log(f"seed {seed}: {label} held-out NLL {m['heldout_nll']:.4f} (excess {m['excess_nll']:.2e}) in "
             f"{m['seconds']:.1f} s; A err {m['A_frobenius']:.3f}, C err {m['C_frobenius']:.3f}")
 
@@ -440,8 +377,9 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
     ab = cfg.ablation
     for scale in ab.random_scales:
         bn(f"belief_net/random_{scale:g}", "random", scale, 1)
-    if ab.uniform:
-        bn("belief_net/uniform", "uniform", fit.init_scale, 1)
+    if ab.near_uniform:
+        # the random stream keeps the name it had when the init was called "uniform", and so its draws
+        bn("belief_net/near_uniform", "near_uniform", fit.init_scale, 1, stream="belief_net/uniform")
     if ab.spectral:
         bn("belief_net/spectral", "spectral", 0.0, 1)
     if ab.restarts > 1:
@@ -451,32 +389,33 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
 
     # Baum-Welch starts where the main Belief Net started
     g = torch.Generator().manual_seed(_seed_stream(seed, "belief_net/0"))  # the same draw as bn()'s first
-    init = [torch.softmax(x, -1) for x in initial_logits(S, V, fit.init, fit.init_scale, g, spectral_params)]
+    init = [torch.softmax(x, -1) for x in initial_logits(S, V, fit.init, fit.init_scale, g, spectral=spectral_params,
+                                                         truth=true)]
     for impl in cfg.baum_welch.implementations:
         res = fit_baum_welch(train.numpy(), heldout.numpy(), H.EmissionForm(*init), cfg.baum_welch, impl)
         label = f"baum_welch_{impl}"
-        out["methods"][label] = _summary(res, true, true_nll, cfg.epsilon)
-        m = out["methods"][label]
+        methods[label] = _summary(res, true, true_nll, cfg.epsilon)
+        m = methods[label]
         log(f"seed {seed}: {label} held-out NLL {m['heldout_nll']:.4f} (excess {m['excess_nll']:.2e}) after "
             f"{m['iterations']} iterations, {m['seconds']:.1f} s ({m['stopped']})")
     # how much sooner the Belief Net reaches Baum-Welch's final held-out NLL
-    bw = out["methods"].get("baum_welch_scaling") or next(v for k, v in out["methods"].items() if k.startswith("baum"))
-    bw_curve, bn_curve = bw["curve"], out["methods"]["belief_net"]["curve"]
+    bw = methods.get("baum_welch_scaling") or next(v for k, v in methods.items() if k.startswith("baum"))
+    bw_curve, bn_curve = bw["curve"], methods["belief_net"]["curve"]
     target = bw["heldout_nll"]
     t_bw = time_to_reach(bw_curve, target)
     t_bn = time_to_reach(bn_curve, target)
-    out["speedup"] = {"target_nll": target, "baum_welch_seconds": t_bw, "belief_net_seconds": t_bn,
+    speedup = {"target_nll": target, "baum_welch_seconds": t_bw, "belief_net_seconds": t_bn,
                       "ratio": None if not t_bn else t_bw / t_bn}
-    return out
+    return RecoverySeed(seed, true_nll, true_train_nll, methods, speedup)
 
 
 # ----------------------------------------------------------------------------- the study
-def aggregate(seeds: list[dict]) -> dict:
+def aggregate(seeds: list[RecoverySeed]) -> dict:
     """Per method: mean, std, min and max over seeds of each number, and how many seeds recovered."""
-    methods = sorted({m for s in seeds for m in s["methods"]})
+    methods = sorted({m for s in seeds for m in s.methods})
     out = {}
     for m in methods:
-        rows = [s["methods"][m] for s in seeds if m in s["methods"]]
+        rows = [s.methods[m] for s in seeds if m in s.methods]
         stats = {"n_seeds": len(rows), "n_recovered": sum(bool(r["recovered"]) for r in rows)}
         for key in ("excess_nll", "heldout_nll", "A_frobenius", "C_frobenius", "seconds", "time_to_epsilon"):
             vals = np.array([r[key] for r in rows if r.get(key) is not None], dtype=np.float64)
@@ -484,15 +423,23 @@ def aggregate(seeds: list[dict]) -> dict:
                 stats[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                               "min": float(vals.min()), "max": float(vals.max()), "n": int(len(vals))}
         out[m] = stats
-    ratios = np.array([s["speedup"]["ratio"] for s in seeds if s["speedup"]["ratio"] is not None])
+    ratios = np.array([s.speedup["ratio"] for s in seeds if s.speedup["ratio"] is not None])
     out["speedup"] = {"n_reached": int(len(ratios)), "n_seeds": len(seeds),
                       **({"median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max())}
                          if len(ratios) else {})}
     return out
 
 
-def seed_path(out_dir: str | Path, seed: int) -> Path:
-    return Path(out_dir) / "seeds" / f"seed_{seed:04d}.json"
+def seed_inputs(cfg: RecoveryConfig, seed: int) -> dict:
+    """What one seed's result is made from: the study's config (without its seed list) and the seed."""
+    return {"config": {k: v for k, v in cfg.to_dict().items() if k != "seeds"}, "seed": seed}
+
+
+def seed_done(cfg: RecoveryConfig, seed: int, out_dir: str | Path) -> bool:
+    """The study's manifest records this seed's result, made from this config, its file intact."""
+    from interp.rundir import Manifest, seed_output
+
+    return Manifest(out_dir).is_fresh(seed_output(seed), seed_inputs(cfg, seed))
 
 
 def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = False) -> Path:
@@ -502,33 +449,35 @@ def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fal
     config, so a study run on ``--seeds 2`` grows to ten seeds later without redoing the first two."""
     import shutil
 
-    from interp.io import read_json, write_json
+    from interp.rundir import CONFIG, read_config, write_config
 
     out_dir = Path(out_dir)
     if out_dir.exists() and force:
         shutil.rmtree(out_dir)
-    cfg_path = out_dir / "config.json"
-    if cfg_path.exists():
+    if (out_dir / CONFIG).exists():
         # read back through the config class, so that a field added since (at its default) is no change
-        old = {k: v for k, v in recovery_config_from_dict(read_json(cfg_path)).to_dict().items() if k != "seeds"}
+        old = {k: v for k, v in recovery_config_from_dict(read_config(out_dir)).to_dict().items() if k != "seeds"}
         if old != {k: v for k, v in cfg.to_dict().items() if k != "seeds"}:
             raise FileExistsError(f"{out_dir} holds a study with another config; use --force to start again")
-    write_json(cfg_path, cfg.to_dict())
+    write_config(out_dir, cfg.to_dict())
     return out_dir
 
 
 def run_recovery_seed(cfg: RecoveryConfig, seed: int, out_dir: str | Path, *,
-                      log: Callable[[str], None] = lambda m: None) -> dict:
-    """One seed of a prepared study: read back if it finished before, else run and save it."""
+                      log: Callable[[str], None] = lambda m: None) -> RecoverySeed:
+    """One seed of a prepared study: read back if it is up to date (see :func:`seed_done`), else run, save it
+    and record it in the study's manifest."""
     from interp.io import read_json, write_json
+    from interp.rundir import Manifest, seed_file, seed_output
 
-    path = seed_path(out_dir, seed)
-    if path.exists():
+    path = seed_file(out_dir, seed)
+    if seed_done(cfg, seed, out_dir):
         log(f"seed {seed}: done before, reused")
-        return read_json(path)
+        return RecoverySeed.from_dict(read_json(path))
     with flush_denormals():  # tiny forward-filter values otherwise slow every step several-fold
         res = run_seed(cfg, seed, log=log)
-    write_json(path, res)
+    write_json(path, res.to_dict())
+    Manifest(out_dir).record(seed_output(seed), seed_inputs(cfg, seed), [path])
     return res
 
 
@@ -536,9 +485,10 @@ def run_recovery(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fals
                  log: Callable[[str], None] = lambda m: None) -> dict:
     """Every seed of ``cfg`` (each saved on completion, so an interrupted study resumes), then recovery.json."""
     from interp.io import write_json
+    from interp.rundir import RECOVERY
 
     out_dir = prepare_study(cfg, out_dir, force=force)
     results = [run_recovery_seed(cfg, seed, out_dir, log=log) for seed in cfg.seeds]
-    out = {"config": cfg.to_dict(), "summary": aggregate(results), "seeds": results}
-    write_json(out_dir / "recovery.json", out)
+    out = {"config": cfg.to_dict(), "summary": aggregate(results), "seeds": [r.to_dict() for r in results]}
+    write_json(out_dir / RECOVERY, out)
     return out

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from interp import hmm as H
 from interp.config import ConfigError
-from interp.io import read_json, write_json
+from interp.io import write_json
+from interp.rundir import read_config
 from interp.studies.recovery import fit_spectral, recovery_config_from_dict, study_data
 
 
 def run(study: Path, windows: list[int], seeds: list[int] | None, log=print) -> dict:
-    cfg = recovery_config_from_dict(read_json(study / "config.json"))
+    cfg = recovery_config_from_dict(read_config(study))
     V, S = cfg.hmm.n_tokens, cfg.hmm.n_states
     for w in windows:  # the config's own checks: window length and moment size
         dataclasses.replace(cfg, spectral=True, spectral_window=w)

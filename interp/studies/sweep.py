@@ -29,20 +29,22 @@ per run, and mean / standard deviation over seeds per grid point) and the figure
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from interp.config import ConfigError, check_folder_name, load_named_config, reject_unknown_keys
+from interp.config import ConfigError, check_folder_name, load, load_config, to_dict
 from interp.io import read_json, write_json
+from interp.rundir import PROBE, RESULT, RESULTS_JSON, RESULTS_MD, SWEEP, SWEEP_RUNS
 from interp.pipeline.jobs import done, init_worker, run_jobs, train_and_probe
-from interp.training.runconfig import RunConfig, run_config_from_dict
+from interp.models.configs import ModelConfig
+from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, run_config_from_dict
 
-SWEEP_FILE, RESULTS_JSON, RESULTS_MD = "sweep.json", "results.json", "results.md"
 EXECUTORS = ("pool", "slurm", "local", "debug")  # pool: our process pool; the rest: submitit's executors
 METRICS = ("relative_loss", "probe_r2", "eval_loss", "optimal_loss")
 
@@ -61,16 +63,57 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    name: str
-    grid: dict  # dotted key -> list of values, in the file's order
-    seeds: tuple[int, ...]
-    points: tuple[SweepPoint, ...]
-    slurm: dict
-    raw: dict  # the validated input, saved as sweep.json
+    """A grid of run configs: the base run (process, model, train) with every combination of the grid's values,
+    each on every seed. ``points`` is derived from the rest."""
+
+    name: str  # the sweep's folder name; the TOML file's stem when left out
+    process: ProcessConfig  # the base run config, as in runs/<name>.toml (without name and seed)
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    seeds: tuple[int, ...] = (0,)  # every grid point runs on each
+    grid: dict = field(default_factory=dict)  # dotted key -> list of values, in the file's order
+    slurm: dict = field(default_factory=dict)  # submitit's parameters, for --executor slurm only
+    points: tuple[SweepPoint, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        check_folder_name(self.name)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)!r}")
+        for key, values in self.grid.items():
+            if key.split(".")[0] not in ("process", "model", "train") or len(key.split(".")) < 2:
+                raise ValueError(f"grid key {key!r} must name a field of process, model or train "
+                                 f"(e.g. 'process.params.x', 'model.d_model', 'train.lr')")
+            if key == "model.family":
+                raise ValueError("grid key 'model.family': sweep one family per sweep (the fields differ)")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid.{key!r} must be a non-empty list, got {values!r}")
+            if len({_format(v) for v in values}) != len(values):
+                raise ValueError(f"grid.{key!r} lists a value twice: {values!r}")
+        object.__setattr__(self, "points", tuple(self._points()))
 
     @property
     def keys(self) -> list[str]:
         return list(self.grid)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def _points(self):
+        """Every point is a valid run config or the error names it."""
+        labels = _labels(list(self.grid))
+        base = {"process": to_dict(self.process), "model": to_dict(self.model), "train": to_dict(self.train)}
+        for combo in itertools.product(*self.grid.values()):
+            values = dict(zip(self.grid, combo))
+            for seed in self.seeds:
+                tree = copy.deepcopy(base)
+                for key, value in values.items():
+                    _set(tree, key, value)
+                run_name = "_".join([f"{labels[k]}={_format(v)}" for k, v in values.items()] + [f"seed={seed}"])
+                try:
+                    cfg = run_config_from_dict({"name": run_name, "seed": seed, **tree})
+                except ConfigError as err:
+                    raise ValueError(f"point {run_name}: {err}") from err
+                yield SweepPoint(run_name, values, seed, cfg)
 
 
 # ----------------------------------------------------------------------------- config
@@ -99,57 +142,12 @@ def _labels(keys: list[str]) -> dict[str, str]:
 
 
 def sweep_config_from_dict(data: dict) -> SweepConfig:
-    """Validate a parsed sweep TOML into its points; every point is a valid run config or the error names it."""
-    import copy
-
-    allowed = {"name", "seeds", "grid", "process", "model", "train", "slurm"}
-    reject_unknown_keys(data, allowed)
-    name = check_folder_name(data.get("name"))
-    seeds = data.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    grid = data.get("grid", {})
-    if not isinstance(grid, dict):
-        raise ConfigError(f"grid must be a table of dotted keys to lists, got {type(grid).__name__}")
-    for key, values in grid.items():
-        if key.split(".")[0] not in ("process", "model", "train") or len(key.split(".")) < 2:
-            raise ConfigError(f"grid key {key!r} must name a field of process, model or train "
-                              f"(e.g. 'process.params.x', 'model.d_model', 'train.lr')")
-        if key == "model.family":
-            raise ConfigError("grid key 'model.family': sweep one family per sweep (the fields differ)")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid.{key!r} must be a non-empty list, got {values!r}")
-        if len({_format(v) for v in values}) != len(values):
-            raise ConfigError(f"grid.{key!r} lists a value twice: {values!r}")
-    slurm = data.get("slurm", {})
-    if not isinstance(slurm, dict):
-        raise ConfigError(f"slurm must be a table of submitit parameters, got {type(slurm).__name__}")
-    base = {k: data[k] for k in ("process", "model", "train") if k in data}
-    for key in ("process", "model"):
-        if key not in base:
-            raise ConfigError(f"missing required table [{key}]")
-
-    labels = _labels(list(grid))
-    points = []
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        for seed in seeds:
-            tree = copy.deepcopy(base)
-            for key, value in values.items():
-                _set(tree, key, value)
-            run_name = "_".join([f"{labels[k]}={_format(v)}" for k, v in values.items()] + [f"seed={seed}"])
-            try:
-                cfg = run_config_from_dict({"name": run_name, "seed": seed, **tree})
-            except ConfigError as err:
-                raise ConfigError(f"point {run_name}: {err}") from err
-            points.append(SweepPoint(run_name, values, seed, cfg))
-    return SweepConfig(name=name, grid=dict(grid), seeds=tuple(seeds), points=tuple(points), slurm=dict(slurm),
-                       raw=data)
+    """Validate a parsed sweep TOML (or the config saved in sweep.json) into its points."""
+    return load(SweepConfig, data)
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    return load_named_config(path, sweep_config_from_dict)
+    return load_config(path, SweepConfig)
 
 
 # ----------------------------------------------------------------------------- results
@@ -166,18 +164,22 @@ def run_row(point: SweepPoint, run_dir: Path) -> dict | None:
     """The numbers of one finished run (None while it is not trained and probed)."""
     if not done(point.config, run_dir):
         return None
-    result, probe = read_json(run_dir / "result.json"), read_json(run_dir / "probe.json")
+    from interp.interpret.analyse import ProbeResult
+    from interp.training.trainer import TrainResult
+
+    result = TrainResult.from_dict(read_json(run_dir / RESULT))
+    probe = ProbeResult.from_dict(read_json(run_dir / PROBE))
     return {"run": point.name, **{k: point.values[k] for k in point.values}, "seed": point.seed,
-            "relative_loss": result["relative_loss"], "eval_loss": result["eval_loss"],
-            "optimal_loss": result["optimal_loss"], "probe_r2": probe["best_r2"], "probe_hook": probe["best_hook"],
-            "steps": result["steps"], "train_seconds": result.get("train_seconds")}
+            "relative_loss": result.relative_loss, "eval_loss": result.eval_loss,
+            "optimal_loss": result.optimal_loss, "probe_r2": probe.best_r2, "probe_hook": probe.best_hook,
+            "steps": result.steps, "train_seconds": result.train_seconds}
 
 
 def aggregate(cfg: SweepConfig, root: Path, failed: dict[str, str] | None = None) -> dict:
     """Every point's row and, per grid point, the mean and standard deviation over its finished seeds."""
     rows, missing = [], []
     for p in cfg.points:
-        row = run_row(p, root / "runs" / p.name)
+        row = run_row(p, root / SWEEP_RUNS / p.name)
         (rows.append(row) if row is not None else missing.append(p.name))
     groups = []
     for combo in itertools.product(*cfg.grid.values()):
@@ -265,7 +267,7 @@ class Sweep:
         self.workers, self.executor, self.device, self.figure, self.log = workers, executor, device, figure, log
 
     def run_dir(self, point: SweepPoint) -> Path:
-        return self.root / "runs" / point.name
+        return self.root / SWEEP_RUNS / point.name
 
     def jobs(self) -> list:
         """The points still to do (not trained and probed), as jobs."""
@@ -275,7 +277,7 @@ class Sweep:
     def run(self) -> dict:
         cfg = self.cfg
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / SWEEP_FILE, {"config": cfg.raw, "points": [
+        write_json(self.root / SWEEP, {"config": cfg.to_dict(), "points": [
             {"name": p.name, "values": p.values, "seed": p.seed, "config_hash": p.config.hash()} for p in cfg.points]})
         jobs = self.jobs()
         skipped = len(cfg.points) - len(jobs)

@@ -16,10 +16,9 @@ import torch
 
 from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.models import build_model
+from interp.rundir import CHECKPOINT_PREFIX, CHECKPOINTS, MODEL, MODEL_META, OPTIMIZER, STATE, checkpoint_name
 from interp.training.runconfig import RunConfig, run_config_from_dict
 
-MODEL_FILE, MODEL_META, OPTIM_FILE, STATE_FILE = "model.safetensors", "model.json", "optimizer.safetensors", "state.json"
-CHECKPOINTS = "checkpoints"
 KEEP = 2  # the newest checkpoints kept; older ones are pruned
 
 
@@ -54,14 +53,14 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     """Write checkpoint ``step`` atomically (temp folder + rename) and prune old ones."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
+    final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
     try:
-        write_tensors(tmp / MODEL_FILE, model.state_dict())
+        write_tensors(tmp / MODEL, model.state_dict())
         write_json(tmp / MODEL_META, meta)
         opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-        write_tensors(tmp / OPTIM_FILE, opt_tensors)
-        write_json(tmp / STATE_FILE, {**state, "step": step, "optimizer": opt_meta})
+        write_tensors(tmp / OPTIMIZER, opt_tensors)
+        write_json(tmp / STATE, {**state, "step": step, "optimizer": opt_meta})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -78,14 +77,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def load_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model and optimiser from ``ckpt``; return its state.json (step, RNG states, ...)."""
-    state = read_json(ckpt / STATE_FILE)
-    model.load_state_dict(read_tensors(ckpt / MODEL_FILE, device=next(model.parameters()).device))
-    opt_tensors = read_tensors(ckpt / OPTIM_FILE)
+    state = read_json(ckpt / STATE)
+    model.load_state_dict(read_tensors(ckpt / MODEL, device=next(model.parameters()).device))
+    opt_tensors = read_tensors(ckpt / OPTIMIZER)
     optimizer.load_state_dict(_optimizer_from_files(opt_tensors, state["optimizer"]))
     return state
 
@@ -98,10 +97,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     if not path.exists():
         raise FileNotFoundError(f"no run or checkpoint folder at {path}")
     folder = path
-    if not (folder / MODEL_FILE).is_file():
+    if not (folder / MODEL).is_file():
         ckpts = list_checkpoints(path)
         if not ckpts:
-            raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor any checkpoint")
+            raise FileNotFoundError(f"{path} holds neither {MODEL} nor any checkpoint")
         folder = ckpts[-1]
     meta = read_json(folder / MODEL_META)
     try:
@@ -112,7 +111,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     hmm = cfg.process.build()
     model = build_model(cfg.model, n_tokens, cfg.train.context, hmm=hmm, device=device, dtype=dtype)
     try:
-        model.load_state_dict(read_tensors(folder / MODEL_FILE, device=device))
+        model.load_state_dict(read_tensors(folder / MODEL, device=device))
     except RuntimeError as err:
-        raise ValueError(f"{folder / MODEL_FILE} does not match its config: {err}") from err
+        raise ValueError(f"{folder / MODEL} does not match its config: {err}") from err
     return model.eval(), cfg

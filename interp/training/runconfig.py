@@ -17,17 +17,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from interp.config import ConfigError, from_dict, read_toml, reject_unknown_keys, to_dict
+from interp.config import load, load_config, to_dict
 from interp.hmm import HMM, get_process
-from interp.models.configs import FAMILIES, ModelConfig
+from interp.io import fingerprint
+from interp.models.configs import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -84,18 +83,33 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str
-    process: ProcessConfig
-    model: ModelConfig
+    """One training run: what it learns from, which model, how it is trained."""
+
+    name: str  # the run's folder name; a TOML file's stem when left out
+    process: ProcessConfig  # the data
+    model: ModelConfig  # chosen by model.family (interp.models.configs)
     train: TrainConfig = TrainConfig()
-    seed: int = 0
+    seed: int = 0  # the root of the model-init, training-data and held-out streams (see seeds())
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        try:
+            hmm = self.process.build()
+        except ValueError as err:
+            raise ValueError(f"process.params: {err}") from err
+        from interp.hmm.blocked import BlockedHMM
+
+        if self.model.family == "blocked_belief_net" and not isinstance(hmm, BlockedHMM):
+            raise ValueError(f"blocked_belief_net needs block-sparse data (process 'blocked'), not "
+                             f"{self.process.name!r}")
 
     def to_dict(self) -> dict:
         return to_dict(self)
 
     def hash(self) -> str:
         """Stable short hash of the whole config (what a cache or a later stage is tied to)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(self.to_dict())
 
     def seeds(self) -> dict[str, int]:
         """Independent streams for model init, training data and the held-out set."""
@@ -108,47 +122,9 @@ class RunConfig:
 
 def run_config_from_dict(data: dict, *, default_name: str | None = None) -> RunConfig:
     """Validate a plain dict (parsed TOML or a saved config.json) into a RunConfig."""
-    data = dict(data)
-    allowed = {"name", "seed", "process", "model", "train"}
-    reject_unknown_keys(data, allowed)
-    if "name" not in data:
-        if default_name is None:
-            raise ConfigError("missing required key name")
-        data["name"] = default_name
-    for key in ("process", "model", "train"):
-        if key not in data:
-            if key == "train":
-                continue
-            raise ConfigError(f"missing required table [{key}]")
-        if not isinstance(data[key], dict):
-            raise ConfigError(f"{key} must be a table, got {type(data[key]).__name__}")
-    model = dict(data["model"])
-    family = model.get("family")
-    if family not in FAMILIES:
-        raise ConfigError(f"model.family must be one of {', '.join(map(repr, FAMILIES))}, got {family!r}")
-    model_cfg = from_dict(FAMILIES[family], model, prefix="model")
-    process = from_dict(ProcessConfig, data["process"], prefix="process")
-    train = from_dict(TrainConfig, data.get("train", {}), prefix="train")
-    if not isinstance(data["name"], str) or not data["name"] or "/" in data["name"]:
-        raise ConfigError(f"name must be a non-empty string without '/', got {data['name']!r}")
-    if isinstance(data.get("seed", 0), bool) or not isinstance(data.get("seed", 0), int):
-        raise ConfigError(f"seed must be an integer, got {data.get('seed')!r}")
-    try:
-        hmm = process.build()
-    except ValueError as err:
-        raise ConfigError(f"process.params: {err}") from err
-    from interp.hmm.blocked import BlockedHMM
-
-    if family == "blocked_belief_net" and not isinstance(hmm, BlockedHMM):
-        raise ConfigError(f"blocked_belief_net needs block-sparse data (process 'blocked'), not {process.name!r}")
-    return RunConfig(name=data["name"], process=process, model=model_cfg, train=train, seed=data.get("seed", 0))
+    return load(RunConfig, data, default_name=default_name)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
     """Read ``runs/<file>.toml``; errors name the file and the key."""
-    path = Path(path)
-    data = read_toml(path)
-    try:
-        return run_config_from_dict(data, default_name=path.stem)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    return load_config(path, RunConfig)

@@ -1,11 +1,12 @@
 """One trainer for every model family: next-token cross-entropy on HMM samples.
 
-A run lives in ``runs/<name>/``:
+A run lives in ``runs/<name>/`` (file names: interp.rundir):
     config.json        the resolved RunConfig (and its hash)
     metrics.jsonl      one line per evaluation: step, tokens, seconds (training steps only, without
                        evaluation and checkpointing), losses against the optimum
     checkpoints/       the latest checkpoints (see interp.training.checkpoint); ``--resume`` continues from one
-    model.safetensors, model.json, result.json   written when the run completes
+    model.safetensors, model.json, result.json   written when the run completes, then recorded in
+                       manifest.json as the output ``train`` of this config's hash
 
 Evaluation is on a held-out set sampled once from its own seed. Its exact optimal loss is computed
 by the filter on the same sequences, so ``relative_loss = loss / optimal`` compares like with like.
@@ -17,7 +18,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -25,22 +26,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from interp.training.checkpoint import (
-    MODEL_FILE,
-    MODEL_META,
-    list_checkpoints,
-    load_state,
-    model_meta,
-    save_checkpoint,
-)
+from interp.training.checkpoint import list_checkpoints, load_state, model_meta, save_checkpoint
 from interp.hmm import HMM, forward_filter, optimal_loss, unigram_loss
 from interp.hmm.blocked import BlockedHMM
 from interp.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl, write_tensors
 from interp.models import build_model, next_token_logits
 from interp.training.runconfig import RunConfig, TrainConfig, run_config_from_dict
 from interp.hmm.sampling import sample
+from interp.rundir import (CONFIG, METRICS, MODEL, MODEL_META, RESULT, TRAINING, Manifest, read_config,
+                           training_inputs, write_config)
 
-CONFIG_FILE, METRICS_FILE, RESULT_FILE = "config.json", "metrics.jsonl", "result.json"
 _EVAL_BATCH = 4096
 
 
@@ -115,8 +110,40 @@ def evaluate(model: torch.nn.Module, data: EvalSet) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run's numbers, as ``result.json`` holds them (losses in nats/token; positions 1..L-1)."""
+
+    name: str
+    family: str
+    config_hash: str  # of the run config it was trained from
+    steps: int
+    tokens: int  # training tokens seen
+    train_seconds: float  # in training steps only (evaluation and checkpoints excluded)
+    train_loss: float  # the last batch's
+    eval_loss: float  # on the held-out set
+    relative_loss: float  # eval_loss / optimal_loss
+    gap_fraction: float  # (eval_loss - optimal) / (unigram - optimal)
+    eval_loss_per_position: list[float]
+    optimal_loss: float  # the exact Bayesian predictor's, on the same held-out set
+    optimal_loss_per_position: list[float]
+    optimal_loss_expected: float  # its expectation over the process
+    unigram_loss: float
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainResult":
+        return cls(**data)
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "TrainResult":
+        return cls.from_dict(read_json(Path(run_dir) / RESULT))
+
+
 class Trainer:
-    """Train ``cfg`` into ``run_dir``. ``run()`` returns the final result dict."""
+    """Train ``cfg`` into ``run_dir``. ``run()`` returns its TrainResult (also written to result.json)."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, device: str | torch.device = "cpu",
                  resume: bool = False, force: bool = False, log: Callable[[str], None] | None = None):
@@ -135,14 +162,14 @@ class Trainer:
         if exists and not self.resume:
             raise RunExistsError(f"run folder {d} already exists; pass --resume to continue it or --force to overwrite it")
         if exists:
-            saved = d / CONFIG_FILE
-            if saved.is_file():
-                old = run_config_from_dict(read_json(saved)["config"])
+            if (d / CONFIG).is_file():
+                old = run_config_from_dict(read_config(d))
                 if old.with_steps(1) != self.cfg.with_steps(1):
                     raise ValueError(f"--resume: the config differs from the one {d} was started with "
                                      "(only train.steps may change)")
+            Manifest(d).forget(TRAINING)  # the final files are about to be rewritten
         d.mkdir(parents=True, exist_ok=True)
-        write_json(d / CONFIG_FILE, {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash()})
+        write_config(d, self.cfg.to_dict())
         ckpts = list_checkpoints(d) if exists else []
         return ckpts[-1] if ckpts else None
 
@@ -166,7 +193,7 @@ class Trainer:
                 step += 1
 
     # ------------------------------------------------------------------- run
-    def run(self) -> dict:
+    def run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         ckpt = self._prepare_folder()
         dtype = getattr(torch, t.dtype)
@@ -180,7 +207,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(seeds["data"])
         meta = model_meta(cfg, hmm.n_tokens)
         step, elapsed, tokens_seen = 0, 0.0, 0
-        metrics_path = self.run_dir / METRICS_FILE
+        metrics_path = self.run_dir / METRICS
         if ckpt is not None:
             state = load_state(ckpt, model, optimizer)
             step, elapsed, tokens_seen = state["step"], state["elapsed"], state["tokens"]
@@ -227,18 +254,18 @@ class Trainer:
                 })
         bar.close()
         final = ev if ev is not None else evaluate(model, eval_set)  # the last step is always evaluated
-        result = {
-            "name": cfg.name, "family": cfg.model.family, "config_hash": cfg.hash(), "steps": step,
-            "tokens": tokens_seen, "train_seconds": elapsed, "train_loss": train_loss,
-            **{k: v for k, v in final.items()},
-            "optimal_loss": eval_set.optimal, "optimal_loss_per_position": eval_set.optimal_per_position,
-            "optimal_loss_expected": eval_set.optimal_expected, "unigram_loss": eval_set.unigram,
-        }
-        write_tensors(self.run_dir / MODEL_FILE, model.state_dict())
+        result = TrainResult(
+            name=cfg.name, family=cfg.model.family, config_hash=cfg.hash(), steps=step, tokens=tokens_seen,
+            train_seconds=elapsed, train_loss=train_loss, **final, optimal_loss=eval_set.optimal,
+            optimal_loss_per_position=eval_set.optimal_per_position,
+            optimal_loss_expected=eval_set.optimal_expected, unigram_loss=eval_set.unigram)
+        write_tensors(self.run_dir / MODEL, model.state_dict())
         write_json(self.run_dir / MODEL_META, meta)
-        write_json(self.run_dir / RESULT_FILE, result)
-        self.log(f"{cfg.name}: relative loss {result['relative_loss']:.6f} after {step} steps "
-                 f"({result['train_seconds']:.1f} s)")
+        write_json(self.run_dir / RESULT, result.to_dict())
+        Manifest(self.run_dir).record(TRAINING, training_inputs(cfg),
+                                      [self.run_dir / name for name in (MODEL, MODEL_META, RESULT)])
+        self.log(f"{cfg.name}: relative loss {result.relative_loss:.6f} after {step} steps "
+                 f"({result.train_seconds:.1f} s)")
         return result
 
     def _record(self, path: Path, step: int, tokens: int, seconds: float, train_loss: float, lr: float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.hmm import beliefs, get_process, log_likelihood
+from interp.hmm import beliefs, forward_filter, get_process, log_likelihood
 from interp.hmm.blocked import BlockedHMM, random_blocked
 
 
@@ -24,6 +24,18 @@ def test_blocked_equals_dense_on_sampled_and_arbitrary_tokens(G, k, m, d):
         torch.testing.assert_close(ll_b[finite], ll_d[finite], rtol=0, atol=1e-10)
         eta_b, eta_d = b.beliefs(tokens[finite]), beliefs(dense, tokens[finite])
         torch.testing.assert_close(eta_b, eta_d, rtol=0, atol=1e-10)
+        # position by position: every conditional log P(x_t | x_<t), and the belief before the move (over the
+        # state that emitted token t): the dense prior over z_t (mu, then the dense belief after token t-1)
+        # times C[:, x_t], normalised, which lives on group g_t
+        kept = tokens[finite]
+        res, ref = b.filter(kept), forward_filter(dense, kept)
+        torch.testing.assert_close(res.log_normalizers, ref.log_normalizers, rtol=0, atol=1e-10)
+        prior = torch.cat([b.mu.reshape(1, 1, -1).expand(len(kept), 1, -1), ref.beliefs[:, :-1]], 1)
+        post = prior * b.emission_matrix().T[kept]
+        post = (post / post.sum(-1, keepdim=True)).view(len(kept), -1, G, k)
+        on_group = post.gather(2, res.group[:, :, None, None].expand(-1, -1, 1, k)).squeeze(2)
+        torch.testing.assert_close(res.beliefs, on_group, rtol=0, atol=1e-10)
+        assert float(post.sum((-1, -2)).sub(on_group.sum(-1)).abs().max()) < 1e-12  # nothing off the group
     assert torch.isfinite(b.log_likelihood(sampled)).all()  # sampled sequences are possible
     assert torch.isfinite(log_likelihood(dense, arbitrary)).any()
     assert (d == G) == bool(torch.isfinite(log_likelihood(dense, arbitrary)).all())

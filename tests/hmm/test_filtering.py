@@ -511,3 +511,30 @@ def test_integer_token_containers_are_accepted():
 def test_bogus_method_raises(fn):
     with pytest.raises(ValueError, match=r"method must be 'auto', 'sequential' or 'scan', got 'bogus'"):
         fn(get_process("mess3"), torch.tensor([[0, 1]]), method="bogus")
+
+
+# ------------------------------------------------------------------ flush_denormals
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush subnormals")
+def test_flush_denormals_nests_and_restores_the_previous_setting():
+    tiny = torch.tensor(5e-324, dtype=torch.float64)
+    flushed = lambda: float(tiny * 1.0) == 0.0  # noqa: E731
+    assert not flushed() and not filtering.flushing_denormals()
+    with filtering.flush_denormals():
+        assert flushed() and filtering.flushing_denormals()
+        with filtering.flush_denormals():
+            assert flushed()
+        assert flushed()  # the inner block left the outer caller's setting alone
+        log_likelihood(get_process("mess3"), sample(get_process("mess3"), 4, 8, seed=0))  # filters use it too
+        assert flushed()
+    assert not flushed()
+    # a setting made outside is kept, and an exception inside still restores
+    torch.set_flush_denormal(True)
+    try:
+        with filtering.flush_denormals():
+            assert flushed()
+        assert flushed()
+    finally:
+        torch.set_flush_denormal(False)
+    with pytest.raises(RuntimeError), filtering.flush_denormals():
+        raise RuntimeError
+    assert not flushed()

@@ -129,7 +129,7 @@ def test_impossible_sequences_inside_a_block(fused, monkeypatch):
     good[bad] = False
     assert torch.isfinite(res.log_likelihood[good]).all()
     assert_close(res.log_likelihood[good], ref.log_likelihood[good], rtol=1e-14, atol=0)
-    assert_close(res.beliefs[good], ref.beliefs[good], rtol=0, atol=1e-15)
+    assert_close(res.beliefs[good], ref.beliefs[good], rtol=0, atol=1e-14)  # as elsewhere: FMA vs torch's order
     assert torch.isnan(res.beliefs[bad, 2:]).all() and not torch.isnan(res.beliefs[bad, :2]).any()
     assert res.log_normalizers[bad, 2].eq(-math.inf).all()
 

@@ -8,11 +8,12 @@ import torch
 
 from interp.interpret import construction as K
 from interp import hmm as H
-from interp.interpret.analyse import PROBE_JSON, build_construction_run, compare_runs, load_probe_result, probe_run
+from interp.interpret.analyse import ProbeResult, build_construction_run, compare_runs, load_probe_result, probe_run
 from interp.interpret.cache import load_cache
 from interp.training.checkpoint import load_model
 from interp.cli import main
 from interp.io import read_tensors
+from interp.rundir import PROBE
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,9 @@ def probed(runs, tmp_path_factory):
 def test_probe_run_writes_scores_and_weights(probed):
     run = probed["transformer"]
     out = probe_run(run, causal_points=200)
-    saved = json.loads((run / PROBE_JSON).read_text())
-    assert saved["best_hook"] == out["best_hook"] and saved["best_hook"] in saved["hooks"]
+    saved = json.loads((run / PROBE).read_text())
+    assert saved == out.to_dict()  # the file is the result, key for key
+    assert saved["best_hook"] == out.best_hook and saved["best_hook"] in saved["hooks"]
     assert set(saved["hooks"]) == {"hook_embed", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post",
                                    "blocks.1.hook_resid_post"}  # blocks.1.hook_resid_pre is stored once
     for scores in [*saved["hooks"].values(), saved["all_layers"]]:
@@ -43,7 +45,7 @@ def test_probe_run_writes_scores_and_weights(probed):
     pred = cache[best].double() @ w[f"{best}.coef"].T + w[f"{best}.intercept"]
     assert pred.shape == cache.beliefs.shape
     assert saved["causal"]["n_points"] == 200 and saved["causal"]["hook"] == best
-    assert load_probe_result(run) == saved
+    assert load_probe_result(run) == out == ProbeResult.from_dict(saved)
 
 
 def test_probe_result_goes_stale_with_the_weights(probed, tmp_path):

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,11 @@ def test_missing_and_corrupt_inputs_give_clear_errors(runs, tmp_path, capsys):
     build_cache(run_dir)
     shard = run_dir / "cache" / "shard_00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])
+    # the run's manifest holds the shard's hash: the damaged cache is refused before it is read
+    with pytest.raises(StaleCacheError, match=re.escape(f"{shard} changed after it was written")):
+        load_cache(run_dir)
+    # read unchecked, the shard itself is reported corrupt
     with pytest.raises(ValueError, match="corrupt"):
-        load_cache(run_dir)["blocks.0.hook_resid_post"]
+        load_cache(run_dir, check=False)["blocks.0.hook_resid_post"]
     with pytest.raises(KeyError, match="not in the cache"):
-        load_cache(run_dir)["blocks.7.hook_resid_post"]
+        load_cache(run_dir, check=False)["blocks.7.hook_resid_post"]

@@ -24,7 +24,7 @@ def small():
 
 
 def true_model(hmm, context: int):
-    return build_model(BlockedBeliefNetConfig(init="true"), hmm.n_tokens, context, hmm=hmm, dtype=torch.float64)
+    return build_model(BlockedBeliefNetConfig(init="truth"), hmm.n_tokens, context, hmm=hmm, dtype=torch.float64)
 
 
 def test_at_the_truth_it_is_the_exact_filter():
@@ -90,10 +90,10 @@ def test_it_trains_on_block_sparse_data(tmp_path):
 
     first = read_jsonl(tmp_path / "bn" / "metrics.jsonl")[0]
     assert first["step"] == 0 and first["relative_loss"] > 1.1  # random logits: far from the exact filter
-    assert result["relative_loss"] < 1.005  # 150 steps take it most of the way there (1.0013 measured)
-    assert result["unigram_loss"] > result["optimal_loss"] > 0
+    assert result.relative_loss < 1.005  # 150 steps take it most of the way there (1.0013 measured)
+    assert result.unigram_loss > result.optimal_loss > 0
     # started at the truth, its loss is the exact optimum on the same held-out sequences (float32 weights)
-    cfg = run_config(init="true")
+    cfg = run_config(init="truth")
     hmm = cfg.process.build()
     truth = build_model(cfg.model, hmm.n_tokens, cfg.train.context, hmm=hmm)
     assert abs(evaluate(truth, EvalSet.build(hmm, cfg, "cpu"))["relative_loss"] - 1) < 1e-5
@@ -102,3 +102,31 @@ def test_it_trains_on_block_sparse_data(tmp_path):
 def test_it_refuses_data_without_blocks():
     with pytest.raises(ConfigError, match="blocked_belief_net needs block-sparse data"):
         run_config_from_dict({"name": "x", "process": {"name": "mess3"}, "model": {"family": "blocked_belief_net"}})
+
+
+@pytest.mark.parametrize("name", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"])
+def test_hooks_sit_in_the_recurrence(name):
+    """Called once per position on the positions so far; an edit at position t changes the predictions from t on
+    and nothing before, and with no edit the numbers are the plain forward's."""
+    hmm = small()
+    tokens = sample(hmm, 32, 9, seed=5)
+    model = build_model(BlockedBeliefNetConfig(init="random"), hmm.n_tokens, 9, hmm=hmm, seed=1, dtype=torch.float64)
+    clean = model(tokens)
+    logits, cache = model.run_with_cache(tokens)
+    assert torch.equal(logits, clean)
+    assert cache[name].shape[:2] == (32, 9)
+    t, calls = 4, []
+
+    def patch(x, hook):
+        calls.append(x.shape[1])
+        if x.shape[1] > t:
+            x = x.clone()
+            x[:, t] = torch.softmax(torch.arange(x.shape[-1], dtype=x.dtype), 0)  # another distribution
+        return x
+
+    with model.hooks(fwd_hooks=[(name, patch)]):
+        edited = model(tokens)
+    assert calls == list(range(1, 10))
+    assert torch.equal(edited[:, :t], clean[:, :t])
+    assert ((edited - clean).abs().amax((0, 2))[t:] > 1e-6).all()
+    assert torch.equal(model(tokens), clean)  # nothing left attached

@@ -75,7 +75,9 @@ def tiny_config(**changes) -> P.PipelineConfig:
 def run(cfg, root: Path, **kw) -> tuple[dict, list[str]]:
     lines: list[str] = []
     summary = P.Pipeline(cfg, root / "run", root / "figs", workers=0, log=lines.append, **kw).run()
-    return summary, lines
+    assert isinstance(summary, P.PipelineSummary)
+    assert P.PipelineSummary.from_dict(read_json(root / "run" / "summary.json")) == summary
+    return summary.to_dict(), lines
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -222,10 +224,10 @@ def test_a_failed_stage_is_reported_and_the_others_are_kept(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"models.transformer.model.n_layers": "two"}, "models.transformer: .*n_layers"),
+    ({"models.transformer.model.n_layers": "two"}, r"models\.transformer\.model\.n_layers must be an integer"),
     ({"models.ssm.model.family": "transformer"}, "models.ssm.model.family must be 'ssm'"),
     ({"geometry.model": "lstm"}, "geometry.model must name one of"),
-    ({"recovery.epsilon": -1.0}, "recovery: epsilon must be > 0"),
+    ({"recovery.epsilon": -1.0}, r"recovery\.epsilon must be > 0"),
     ({"construction.decay": "guess"}, "construction.decay must be"),
     ({"models.ssm.train.context": 5}, "same train.context"),
     ({"name": "a/b"}, "name must be"),
@@ -249,11 +251,11 @@ def test_the_default_pipeline_is_package_data_and_exists_once():
     from importlib.resources import files
 
     shipped = files("interp.pipeline").joinpath(P.DEFAULT_CONFIG)
-    assert P.load_pipeline_config(Path(str(shipped))).raw == P.default_pipeline_config().raw
+    assert P.load_pipeline_config(Path(str(shipped))) == P.default_pipeline_config()
     repo = Path(__file__).parents[2]
     copies = [p for p in repo.glob("runs/*.toml") if "[models." in p.read_text()]
     assert copies == [], "the default pipeline is kept once, as package data"
     cfg = P.default_pipeline_config()
     assert set(cfg.models) == {"transformer", "fixed_attention", "ssm", "belief_net"}
     assert cfg.process.params == {"x": 0.15, "a": 0.6} and cfg.context == 10
-    assert cfg.recovery is not None and set(cfg.geometry) == {"RRXOR", "Z1R", "Mess3(0.05, 0.85)"}
+    assert cfg.recovery is not None and set(cfg.geometry_runs) == {"RRXOR", "Z1R", "Mess3(0.05, 0.85)"}

@@ -1,5 +1,6 @@
-"""Parameter recovery: the Belief Net's gradient against autograd and an exact zero at the truth,
-Baum-Welch and Belief Net started at the truth stay there, configs, and a tiny study end to end."""
+"""Parameter recovery: the Belief Net fit steps on interp.hmm's expected-count gradient (tested against autograd,
+hmmlearn and every hidden path in tests/hmm/test_smoothing.py), Baum-Welch and Belief Net started at the truth stay
+there, configs, and a tiny study end to end."""
 
 import json
 
@@ -9,14 +10,12 @@ import torch
 
 from interp import hmm as H
 from interp.baselines import spectral as SP
-from interp.interpret.cache import all_sequences
 from interp.cli import main
 from interp.config import ConfigError
+from interp.io import fingerprint
 from interp.studies.recovery import (
     BaumWelchFit,
     BeliefNetFit,
-    belief_net_gradient,
-    belief_net_log_likelihood,
     fit_baum_welch,
     fit_belief_net,
     recovery_config_from_dict,
@@ -27,40 +26,32 @@ from interp.studies.recovery import (
 )
 
 
-def test_gradient_equals_autograd():
-    g = torch.Generator().manual_seed(0)
-    p = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((4,), (4, 4), (4, 6))]
-    tokens = torch.randint(6, (5, 11), generator=g)
-    ll = belief_net_log_likelihood(*p, tokens)
-    ll.sum().backward()
-    ll2, grads = belief_net_gradient(*[x.detach() for x in p], tokens)
-    torch.testing.assert_close(ll2, ll.detach(), atol=1e-12, rtol=0)
-    for x, gr in zip(p, grads):
-        torch.testing.assert_close(gr, x.grad, atol=1e-12, rtol=0)
+def test_the_fit_owns_a_belief_net_trained_by_the_expected_count_gradient():
+    """The study's learner is the model family's BeliefNet: one Adam step from the returned weights' start is the
+    step on interp.hmm's expected-count gradient (of the mean NLL per token)."""
+    from interp.models.belief_net import BeliefNet
 
-
-def test_log_likelihood_equals_the_exact_filter():
-    hmm = H.get_process("cyclic", n_states=4, n_tokens=5, seed=2)
-    em = hmm.to_emission()
-    tokens = H.sample(hmm, 20, 30, seed=0)
-    ll = belief_net_log_likelihood(*(torch.log(x) for x in (em.mu, em.A, em.C)), tokens)
-    torch.testing.assert_close(ll, H.log_likelihood(hmm, tokens), atol=1e-10, rtol=0)
-
-
-def test_expected_gradient_at_the_truth_is_exactly_zero():
-    # sum_x p(x) grad log p(x) = grad sum_x p(x) = 0, over every sequence of the length
-    hmm = H.get_process("cyclic", n_states=3, n_tokens=3, seed=1, transition_nnz=2, emission_nnz=2)
-    em = hmm.to_emission()
-    logits = [torch.log(x) for x in (em.mu, em.A, em.C)]
-    tokens = all_sequences(3, 5)
-    p = torch.exp(H.log_likelihood(hmm, tokens))
-    total = [torch.zeros_like(x) for x in logits]
-    for k in range(tokens.shape[0]):
-        _, grads = belief_net_gradient(*logits, tokens[k:k + 1])
-        for t, gr in zip(total, grads):
-            t += p[k] * gr
-    for t in total:
-        torch.testing.assert_close(t, torch.zeros_like(t), atol=1e-12, rtol=0)
+    hmm = H.get_process("cyclic", n_states=4, n_tokens=6, seed=0)
+    train, held = H.sample(hmm, 50, 20, seed=1), H.sample(hmm, 20, 20, seed=2)
+    logits = [torch.randn(*s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+              for s in ((4,), (4, 4), (4, 6))]
+    res = fit_belief_net(train, held, logits, BeliefNetFit(lr=0.1, max_steps=1, eval_every=1), seed=0,
+                         dtype=torch.float64)
+    model = res["model"]
+    assert isinstance(model, BeliefNet)
+    grads = H.log_likelihood_gradient(*logits, train)
+    ref = [torch.nn.Parameter(x.clone()) for x in logits]
+    opt = torch.optim.Adam(ref, lr=0.1)
+    for p, g in zip(ref, (grads.mu, grads.A, grads.C)):
+        p.grad = -g / train.numel()
+    opt.step()
+    for p, q in zip((model.mu_logits, model.A_logits, model.C_logits), ref):
+        assert torch.equal(p.detach(), q.detach())
+    # its curve and parameters are the exact filter's on the weights it holds
+    start = H.EmissionForm(*(torch.softmax(x, -1) for x in logits)).to_hmm()
+    assert res["curve"][0][2] == pytest.approx(float(-H.log_likelihood(start, held).sum() / held.numel()), abs=1e-12)
+    assert res["curve"][-1][2] == pytest.approx(float(-model.log_likelihood(held).sum() / held.numel()), abs=1e-12)
+    assert torch.equal(res["params"].C, torch.softmax(model.C_logits.detach(), -1))
 
 
 def test_started_at_the_truth_both_learners_stay_there():
@@ -141,14 +132,14 @@ TINY = {"name": "tiny", "seeds": [0, 1], "epsilon": 0.05,
         "data": {"n_train": 60, "n_heldout": 30, "length": 12},
         "belief_net": {"max_steps": 15, "eval_every": 5},
         "baum_welch": {"implementations": ["scaling", "log"], "max_iter": 5},
-        "ablation": {"random_scales": [0.3], "uniform": True, "spectral": True, "restarts": 2,
+        "ablation": {"random_scales": [0.3], "near_uniform": True, "spectral": True, "restarts": 2,
                      "from_truth": True}}
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     cfg = recovery_config_from_dict(TINY)
     out = run_recovery(cfg, tmp_path / "tiny")
-    methods = {"spectral", "belief_net", "belief_net/random_0.3", "belief_net/uniform", "belief_net/spectral",
+    methods = {"spectral", "belief_net", "belief_net/random_0.3", "belief_net/near_uniform", "belief_net/spectral",
                "belief_net/best_of_2", "belief_net/from_truth", "baum_welch_scaling", "baum_welch_log"}
     assert set(out["summary"]) == methods | {"speedup"}
     for seed in out["seeds"]:
@@ -162,17 +153,38 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
         assert ctrl["curve"][0][0] == 0.0 and ctrl["time_to_epsilon"] == 0.0
     saved = json.loads((tmp_path / "tiny" / "recovery.json").read_text())
     assert saved["summary"]["belief_net"]["n_seeds"] == 2
+    # each seed file is its RecoverySeed, key for key, and reads back to an equal one
+    from interp.studies.recovery import RecoverySeed, run_recovery_seed
+
+    seed0 = json.loads((tmp_path / "tiny" / "seeds" / "seed_0000.json").read_text())
+    back = run_recovery_seed(cfg, 0, tmp_path / "tiny")
+    assert isinstance(back, RecoverySeed) and back.to_dict() == seed0 == saved["seeds"][0]
+    assert RecoverySeed.from_dict(seed0) == back and back.methods == out["seeds"][0]["methods"]
     # a second call reuses the finished seeds
     before = (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes()
     run_recovery(cfg, tmp_path / "tiny")
     assert (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes() == before
     # more seeds extend the study: the finished ones are reused, only the new one runs
-    grown = run_recovery(recovery_config_from_dict({**TINY, "seeds": [0, 1, 2]}), tmp_path / "tiny")
+    cfg3 = recovery_config_from_dict({**TINY, "seeds": [0, 1, 2]})
+    grown = run_recovery(cfg3, tmp_path / "tiny")
     assert (tmp_path / "tiny" / "seeds" / "seed_0000.json").read_bytes() == before
     assert [s["seed"] for s in grown["seeds"]] == [0, 1, 2]
     assert grown["seeds"][:2] == out["seeds"]
-    # a study saved before a config field existed is the same study: the field's default fills it in
-    saved_cfg = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    # a seed file cut short (a crash, a copy) is not reused: that seed runs again, the others are kept
+    seed1 = tmp_path / "tiny" / "seeds" / "seed_0001.json"
+    seed1.write_bytes(seed1.read_bytes()[:100])
+    lines: list[str] = []
+    again = run_recovery(cfg3, tmp_path / "tiny", log=lines.append)
+    assert any(l.startswith("seed 1:") for l in lines)
+    assert all("reused" in l for l in lines if l.startswith(("seed 0:", "seed 2:")))
+    assert not any("reused" in l for l in lines if l.startswith("seed 1:"))
+    assert json.loads(seed1.read_text())["seed"] == 1 and again["seeds"][0] == out["seeds"][0]
+    # config.json holds the config and its fingerprint, like a training run's
+    saved = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    assert saved == {"config": cfg3.to_dict(), "config_hash": fingerprint(cfg3.to_dict())}
+    # a study saved before a config field existed (and when config.json held the config bare) is the same
+    # study: the field's default fills it in
+    saved_cfg = saved["config"]
     del saved_cfg["ablation"]["from_truth"]
     (tmp_path / "tiny" / "config.json").write_text(json.dumps(saved_cfg))
     run_recovery(recovery_config_from_dict({**TINY, "ablation": {**TINY["ablation"], "from_truth": False}}),
@@ -188,12 +200,31 @@ def test_a_study_fits_the_spectral_baseline_over_its_configured_windows():
             "belief_net": {"max_steps": 2, "eval_every": 1, "init": "spectral"}, "baum_welch": {"max_iter": 1}}
     for window, rank in ((1, 2), (2, 3)):  # rank min(S, V^window): single tokens allow only V = 2 < S = 3
         cfg = recovery_config_from_dict({**over, "spectral_window": window})
-        got = run_seed(cfg, 0)["methods"]["spectral"]
+        got = run_seed(cfg, 0).methods["spectral"]
         _, train, heldout = study_data(cfg, 0)
         model = SP.SpectralHMM.fit(SP.empirical_moments(train, 2, window=window), rank)
         want = float(-model.log_likelihood(heldout).sum() / heldout.numel())
         assert (got["window"], got["rank"]) == (window, rank)
         assert got["heldout_nll"] == pytest.approx(want, rel=1e-12)
+
+
+def test_fit_spectral_says_how_the_spectral_start_found_its_eigenvectors():
+    from interp.studies.recovery import fit_spectral
+
+    over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {}}
+    allowed = {"converged", "iterations_exhausted", "kept_last_good"}
+    for window in (1, 2):
+        _, train, heldout = study_data(recovery_config_from_dict({**over, "spectral_window": window}), 0)
+        plain, _ = fit_spectral(train, heldout, 3, 2, window)
+        res, moments = fit_spectral(train, heldout, 3, 2, window, seed=0)
+        assert "refinement" not in plain and res["heldout_nll"] == plain["heldout_nll"]
+        rec = SP.fit_emission_form(moments, res["rank"], generator=torch.Generator().manual_seed(0))
+        assert (res["refinement"], res["refinement_start"]) == (rec.refinement, rec.start)
+        assert res["refinement"] in allowed
+        if window == 1:  # rank 2 < S = 3: its combination has a complex pair (eigenvalues 1.26 +- 0.41i)
+            assert res["refinement_start"] == "real_basis"
+        else:  # rank S = 3 over 2-token windows: real common eigenvectors exist
+            assert res["refinement"] == "converged"
 
 
 def test_command_line(tmp_path, capsys):

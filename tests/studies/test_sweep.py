@@ -17,6 +17,7 @@ from interp.studies import sweep as SW
 from interp.cli import main
 from interp.config import ConfigError
 from interp.io import read_json
+from interp import rundir
 
 TINY = """
 name = "tiny"
@@ -105,18 +106,18 @@ def test_results_hold_every_runs_numbers(finished):
             vals = [r[metric] for r in mine]
             assert group[f"{metric}_mean"] == pytest.approx(statistics.mean(vals), abs=1e-15)
             assert group[f"{metric}_std"] == pytest.approx(statistics.stdev(vals), abs=1e-15)
-    assert read_json(root / SW.RESULTS_JSON)["rows"] == res["rows"]
+    assert read_json(root / rundir.RESULTS_JSON)["rows"] == res["rows"]
 
 
 def test_the_table_and_the_figure_are_written(finished):
     _, root, res, _ = finished
-    table = (root / SW.RESULTS_MD).read_text()
+    table = (root / rundir.RESULTS_MD).read_text()
     assert "4 of 4 runs finished" in table
     for row in res["rows"]:
         assert row["run"] in table and f"{row['relative_loss']:.5f}" in table
     for ext in ("png", "pdf"):
         assert (root / f"sweep.{ext}").stat().st_size > 1000
-    assert [p["name"] for p in read_json(root / SW.SWEEP_FILE)["points"]] == [r["run"] for r in res["rows"]]
+    assert [p["name"] for p in read_json(root / rundir.SWEEP)["points"]] == [r["run"] for r in res["rows"]]
 
 
 def test_a_second_call_skips_every_finished_run(finished):
@@ -136,9 +137,9 @@ def test_a_failed_run_is_reported_and_retried_by_the_next_call(finished, tmp_pat
     blocker.write_text("not a run folder")  # the run cannot create its folder
     with pytest.raises(SW.SweepError, match=r"1 of 4 runs failed: x=0\.15_seed=1 .*run the same command again"):
         run_sweep(cfg, root, workers=0)
-    partial = read_json(root / SW.RESULTS_JSON)
+    partial = read_json(root / rundir.RESULTS_JSON)
     assert partial["missing"] == ["x=0.15_seed=1"] and list(partial["failed"]) == ["x=0.15_seed=1"]
-    assert "x=0.15_seed=1" in (root / SW.RESULTS_MD).read_text()
+    assert "x=0.15_seed=1" in (root / rundir.RESULTS_MD).read_text()
     blocker.unlink()
     again, logs = run_sweep(cfg, root, workers=0)
     assert any("3 done already, 1 to run" in line for line in logs)

@@ -17,7 +17,7 @@ from interp.hmm import forward_filter
 from interp.io import read_jsonl, read_tensors
 from interp.models import build_model
 from interp.training.runconfig import RunConfig, run_config_from_dict
-from interp.training.trainer import EvalSet, RunExistsError, Trainer, evaluate
+from interp.training.trainer import EvalSet, RunExistsError, Trainer, TrainResult, evaluate
 from interp.hmm.sampling import sample
 
 TINY_TRANSFORMER = {"family": "transformer", "n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8}
@@ -58,7 +58,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 # --------------------------------------------------- the Belief Net at the truth
-BELIEF_AT_TRUTH = {"family": "belief_net", "n_states": 3, "init": "true"}
+BELIEF_AT_TRUTH = {"family": "belief_net", "n_states": 3, "init": "truth"}
 
 
 def test_evaluate_belief_net_at_the_truth_equals_the_exact_optimal_loss():
@@ -95,9 +95,11 @@ def test_trainer_starts_a_belief_net_at_the_truth_with_relative_loss_one(tmp_pat
     first = metric_rows(tmp_path / "run")[0]
     assert first["step"] == 0
     assert first["relative_loss"] == pytest.approx(1.0, abs=1e-9)
-    assert first["eval_loss"] == pytest.approx(result["optimal_loss"], abs=1e-9)
-    assert result["relative_loss"] == pytest.approx(1.0, abs=1e-9)
-    assert result["steps"] == 1
+    assert first["eval_loss"] == pytest.approx(result.optimal_loss, abs=1e-9)
+    assert result.relative_loss == pytest.approx(1.0, abs=1e-9)
+    assert result.steps == 1
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved == result.to_dict() and TrainResult.from_dict(saved) == result == TrainResult.read(tmp_path / "run")
     model, _ = load_model(tmp_path / "run")
     assert all(p.dtype == torch.float64 for p in model.parameters())
 
