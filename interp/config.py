@@ -17,7 +17,6 @@ file's path. Beyond plain fields the loader reads
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import tomllib
 import types
 import typing
@@ -195,22 +194,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a text file: {err}") from err
 
 
-# kind -> the config class, imported when asked for (the classes live with the code that uses them)
-KINDS = {
-    "run": "interp.training.runconfig:RunConfig",
-    "pipeline": "interp.pipeline.pipeline:PipelineConfig",
-    "sweep": "interp.studies.sweep:SweepConfig",
-    "recovery": "interp.studies.recovery:RecoveryConfig",
-}
-
-
-def config_class(kind: str) -> type:
-    if kind not in KINDS:
-        raise ValueError(f"unknown config kind {kind!r} (one of {', '.join(KINDS)})")
-    module, name = KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def load(cls: type[C], data: dict[str, Any], *, default_name: str | None = None) -> C:
     """``cls`` from a parsed dict (TOML or a saved JSON); ``name`` defaults to ``default_name`` when given."""
     if isinstance(data, dict) and "name" not in data and default_name is not None:
@@ -218,10 +201,9 @@ def load(cls: type[C], data: dict[str, Any], *, default_name: str | None = None)
     return from_dict(cls, data)
 
 
-def load_config(path: str | Path, kind: str | type):
-    """The config of ``kind`` ("run", "pipeline", "sweep", "recovery", or a config class) in the TOML at
+def load_config(path: str | Path, cls: type[C]) -> C:
+    """The config class ``cls`` (a RunConfig, PipelineConfig, SweepConfig, RecoveryConfig) from the TOML at
     ``path``; ``name`` defaults to the file's stem, and every error names the file and the dotted key."""
-    cls = config_class(kind) if isinstance(kind, str) else kind
     path = Path(path)
     data = read_toml(path)
     try:

@@ -277,6 +277,15 @@ def test_lr_constant_without_warmup():
 
 
 # ------------------------------------------------- one loader, every kind
+def config_class(kind: str) -> type:
+    from interp.pipeline.pipeline import PipelineConfig
+    from interp.studies.recovery import RecoveryConfig
+    from interp.studies.sweep import SweepConfig
+    from interp.training.runconfig import RunConfig
+
+    return {"run": RunConfig, "pipeline": PipelineConfig, "sweep": SweepConfig, "recovery": RecoveryConfig}[kind]
+
+
 def _shipped_kinds() -> list[tuple[Path, str]]:
     from importlib.resources import files
 
@@ -287,9 +296,9 @@ def _shipped_kinds() -> list[tuple[Path, str]]:
 
 @pytest.mark.parametrize("path,kind", _shipped_kinds(), ids=[f"{k}-{p.stem}" for p, k in _shipped_kinds()])
 def test_every_shipped_config_loads_with_the_one_loader(path, kind):
-    from interp.config import config_class, load, load_config, to_dict
+    from interp.config import load, load_config, to_dict
 
-    cfg = load_config(path, kind)
+    cfg = load_config(path, config_class(kind))
     assert type(cfg) is config_class(kind)
     assert cfg.name == tomllib_name(path)
     # what a run folder saves (config.json, pipeline.json, sweep.json's config) reads back to the same config
@@ -329,7 +338,7 @@ def test_an_unknown_key_deep_inside_each_kind_names_its_dotted_path_and_the_file
     path = tmp_path / f"{kind}.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_config(path, kind)
+        load_config(path, config_class(kind))
     assert str(err.value).startswith(f"{path}: unknown key {wanted} (allowed: "), str(err.value)
 
 

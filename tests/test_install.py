@@ -26,49 +26,7 @@ PACKAGE_DATA = ["interp/hmm/kernels.cpp", "interp/pipeline/default.toml"]
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                     "runs", "paper_figs", "tests", "docs")
 
-TINY = """
-name = "tiny"
-
-[process]
-name = "mess3"
-params = { x = 0.15, a = 0.6 }
-
-[train]
-context = 4
-batch_size = 64
-eval_sequences = 256
-eval_every = 10
-checkpoint_every = 10
-lr = 1e-2
-
-[models.transformer]
-model = { n_layers = 1, n_heads = 1, d_model = 16, d_head = 8, normalization = "none" }
-train = { steps = 10 }
-
-[models.fixed_attention]
-model = { d_model = 16, d_head = 8 }
-train = { steps = 10 }
-
-[models.ssm]
-model = { d_model = 16, d_state = 4 }
-train = { steps = 10 }
-
-[models.belief_net]
-model = { n_states = 3 }
-train = { steps = 10, lr = 3e-2 }
-
-[geometry]
-steps = 10
-processes = [{ label = "Z1R", name = "z1r" }]
-
-[recovery]
-seeds = [0]
-epsilon = 2e-2
-hmm = { n_states = 3, n_tokens = 4 }
-data = { n_train = 40, n_heldout = 20, length = 12 }
-belief_net = { lr = 0.3, max_steps = 10, eval_every = 5 }
-baum_welch = { implementations = ["scaling"], max_iter = 5 }
-"""
+TINY = (REPO / "tests" / "tiny_pipeline.toml").read_text()
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 
 from interp import rundir
 from interp.io import fingerprint, read_json, sha256_file, write_json
-from interp.pipeline.jobs import probed, resumable, trained
+from interp.studies.jobs import probed, resumable, trained
 from interp.rundir import Manifest
 
 

@@ -30,7 +30,7 @@ from typing import Callable, Literal
 from interp.config import check_folder_name, inherits, load, load_config, shared, tag_from_key, to_dict
 from interp.io import fingerprint, read_json, sha256_file, write_json
 from interp.models.configs import ModelConfig
-from interp.pipeline.jobs import probed, run_jobs, train_and_probe, trained
+from interp.studies.jobs import probed, run_jobs, train_and_probe, trained
 from interp.studies.recovery import RecoveryConfig
 from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig
 

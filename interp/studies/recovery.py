@@ -283,14 +283,9 @@ def study_data(cfg: RecoveryConfig, seed: int) -> tuple[H.HMM, torch.Tensor, tor
     return hmm, train, heldout
 
 
-def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int,
-                 *, seed: int | None = None):
+def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_tokens: int, window: int):
     """HKZ observable operators over ``window``-token windows at rank min(S, V^window): (result with the held-out
-    NLL per token, the moments it was fitted to, for a spectral start to reuse).
-
-    With ``seed``, the result also says how the emission-form estimate at the same rank (the spectral start,
-    drawn with ``torch.Generator().manual_seed(seed)``) found its eigenvectors: ``refinement`` and
-    ``refinement_start`` as in :class:`interp.baselines.spectral.EmissionRecovery`. It is not timed."""
+    NLL per token, the moments it was fitted to, for a spectral start to reuse)."""
     from interp.baselines import spectral as SP
 
     t0 = time.perf_counter()
@@ -299,11 +294,7 @@ def fit_spectral(train: torch.Tensor, heldout: torch.Tensor, n_states: int, n_to
     model = SP.SpectralHMM.fit(moments, rank)
     seconds = time.perf_counter() - t0
     nll = float(-model.log_likelihood(heldout).sum() / heldout.numel())
-    res = {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}
-    if seed is not None:
-        rec = SP.fit_emission_form(moments, rank, generator=torch.Generator().manual_seed(seed))
-        res |= {"refinement": rec.refinement, "refinement_start": rec.start}
-    return res, moments
+    return {"rank": rank, "window": window, "heldout_nll": nll, "seconds": seconds}, moments
 
 
 @dataclass(frozen=True)
@@ -334,7 +325,7 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
     methods: dict[str, dict] = {}
 
     needs_spectral = cfg.belief_net.init == "spectral" or cfg.ablation.spectral
-    spectral_params, moments = None, None
+    spectral_params, spectral_start, moments = None, None, None
     if cfg.spectral:
         res, moments = fit_spectral(train, heldout, S, V, cfg.spectral_window)
         nll = res["heldout_nll"]
@@ -348,7 +339,10 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
         if moments is None:
             moments = SP.empirical_moments(train, V, window=w)
         k = min(S, V ** w)
-        spectral_params = SP.recover_emission_form(moments, k, generator=torch.Generator().manual_seed(seed))
+        rec = SP.fit_emission_form(moments, k, generator=torch.Generator().manual_seed(seed))
+        spectral_params = rec.params
+        # how its eigenvectors were found (a collapsing refinement is survived, and said)
+        spectral_start = {"refinement": rec.refinement, "start": rec.start, "sweeps": rec.sweeps}
         if S > k:  # a rank-k estimate has k states: pad with copies so the Belief Net keeps S states
             reps = math.ceil(S / k)
             idx = torch.arange(S) % k
@@ -368,6 +362,8 @@ def run_seed(cfg: RecoveryConfig, seed: int, log: Callable[[str], None] = lambda
         best = {**best, "seconds": best["seconds"] + other,
                 "curve": [(t + other, s, n) for t, s, n in best["curve"]]}
         methods[label] = _summary(best, true, true_nll, cfg.epsilon)
+        if init == "spectral":
+            methods[label]["spectral_start"] = spectral_start
         m = methods[label]
         log(f"seed {seed}: {label} held-out NLL {m['heldout_nll']:.4f} (excess {m['excess_nll']:.2e}) in "
             f"{m['seconds']:.1f} s; A err {m['A_frobenius']:.3f}, C err {m['C_frobenius']:.3f}")

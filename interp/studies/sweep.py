@@ -41,7 +41,7 @@ from typing import Callable
 from interp.config import ConfigError, check_folder_name, load, load_config, to_dict
 from interp.io import read_json, write_json
 from interp.rundir import PROBE, RESULT, RESULTS_JSON, RESULTS_MD, SWEEP, SWEEP_RUNS
-from interp.pipeline.jobs import done, init_worker, run_jobs, train_and_probe
+from interp.studies.jobs import done, init_worker, run_jobs, train_and_probe
 from interp.models.configs import ModelConfig
 from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, run_config_from_dict
 

@@ -16,49 +16,7 @@ from interp.cli import main
 from interp.config import ConfigError
 from interp.io import read_json
 
-TINY = """
-name = "tiny"
-
-[process]
-name = "mess3"
-params = { x = 0.15, a = 0.6 }
-
-[train]
-context = 4
-batch_size = 64
-eval_sequences = 256
-eval_every = 10
-checkpoint_every = 10
-lr = 1e-2
-
-[models.transformer]
-model = { n_layers = 1, n_heads = 1, d_model = 16, d_head = 8, normalization = "none" }
-train = { steps = 20 }
-
-[models.fixed_attention]
-model = { d_model = 16, d_head = 8 }
-train = { steps = 20 }
-
-[models.ssm]
-model = { d_model = 16, d_state = 4 }
-train = { steps = 20 }
-
-[models.belief_net]
-model = { n_states = 3 }
-train = { steps = 20, lr = 3e-2 }
-
-[geometry]
-steps = 10
-processes = [{ label = "Z1R", name = "z1r" }]
-
-[recovery]
-seeds = [0]
-epsilon = 2e-2
-hmm = { n_states = 3, n_tokens = 4 }
-data = { n_train = 40, n_heldout = 20, length = 12 }
-belief_net = { lr = 0.3, max_steps = 20, eval_every = 5 }
-baum_welch = { implementations = ["scaling"], max_iter = 10 }
-"""
+TINY = (Path(__file__).parents[1] / "tiny_pipeline.toml").read_text()
 
 
 def tiny_config(**changes) -> P.PipelineConfig:

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from interp.pipeline import jobs
+from interp.studies import jobs
 
 
 def die_after_first_checkpoint(cfg_dict: dict, run_dir: str, device: str) -> str:

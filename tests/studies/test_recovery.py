@@ -208,23 +208,25 @@ def test_a_study_fits_the_spectral_baseline_over_its_configured_windows():
         assert got["heldout_nll"] == pytest.approx(want, rel=1e-12)
 
 
-def test_fit_spectral_says_how_the_spectral_start_found_its_eigenvectors():
-    from interp.studies.recovery import fit_spectral
-
-    over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {}}
+def test_a_spectral_start_says_how_it_found_its_eigenvectors():
+    over = {**TINY, "hmm": {**TINY["hmm"], "n_tokens": 2}, "ablation": {},
+            "belief_net": {"max_steps": 2, "eval_every": 1, "init": "spectral"}, "baum_welch": {"max_iter": 1}}
     allowed = {"converged", "iterations_exhausted", "kept_last_good"}
     for window in (1, 2):
-        _, train, heldout = study_data(recovery_config_from_dict({**over, "spectral_window": window}), 0)
-        plain, _ = fit_spectral(train, heldout, 3, 2, window)
-        res, moments = fit_spectral(train, heldout, 3, 2, window, seed=0)
-        assert "refinement" not in plain and res["heldout_nll"] == plain["heldout_nll"]
-        rec = SP.fit_emission_form(moments, res["rank"], generator=torch.Generator().manual_seed(0))
-        assert (res["refinement"], res["refinement_start"]) == (rec.refinement, rec.start)
-        assert res["refinement"] in allowed
+        cfg = recovery_config_from_dict({**over, "spectral_window": window})
+        got = run_seed(cfg, 0).methods["belief_net"]["spectral_start"]
+        _, train, _ = study_data(cfg, 0)
+        rank = min(3, 2 ** window)
+        rec = SP.fit_emission_form(SP.empirical_moments(train, 2, window=window), rank,
+                                   generator=torch.Generator().manual_seed(0))
+        assert got == {"refinement": rec.refinement, "start": rec.start, "sweeps": rec.sweeps}
+        assert got["refinement"] in allowed
         if window == 1:  # rank 2 < S = 3: its combination has a complex pair (eigenvalues 1.26 +- 0.41i)
-            assert res["refinement_start"] == "real_basis"
+            assert got["start"] == "real_basis"
         else:  # rank S = 3 over 2-token windows: real common eigenvectors exist
-            assert res["refinement"] == "converged"
+            assert got["refinement"] == "converged"
+    random_start = recovery_config_from_dict({**over, "belief_net": {**over["belief_net"], "init": "random"}})
+    assert "spectral_start" not in run_seed(random_start, 0).methods["belief_net"]
 
 
 def test_command_line(tmp_path, capsys):

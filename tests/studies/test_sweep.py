@@ -12,7 +12,7 @@ import pytest
 import sweep_jobs
 import torch
 
-from interp.pipeline import jobs
+from interp.studies import jobs
 from interp.studies import sweep as SW
 from interp.cli import main
 from interp.config import ConfigError
