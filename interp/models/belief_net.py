@@ -23,6 +23,7 @@ from transformer_lens.hook_points import HookPoint
 from interp.hmm import HMM, EmissionForm, LogitGradient, log_likelihood_gradient
 from interp.hmm import log_likelihood as exact_log_likelihood
 from interp.models.configs import BELIEF_NET_INITS, BeliefNetConfig, check_belief_net_init
+from interp.models.hooks import recurrent_hook
 
 # Probabilities below this become logits of log(1e-13) ~ -30 when starting at known parameters: exact to 1e-13,
 # and a zero can still move under Adam (a logit of -1e4 never would).
@@ -68,23 +69,13 @@ class BeliefBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, n_states]: b_{t+1}
 
 
-def through_hook(hook: HookPoint, values: list[torch.Tensor]) -> torch.Tensor:
-    """Call ``hook`` on the positions so far, ``values`` stacked on dim 1 ([batch, t+1, ...]), and return its
-    output at the newest position: what the recurrence continues from (the caller stores it as ``values[-1]``).
-    Earlier positions of the output are ignored, so a hook that edits position t changes t.. and nothing
-    before t."""
-    return hook(torch.stack(values, 1))[:, -1]
-
-
 class BeliefNet(HookedRootModule):
     """The forward filter of (mu, A, C) = softmax of the weights ``mu_logits``, ``A_logits``, ``C_logits``.
 
-    Hooks sit in the recurrence: at each position t, ``blocks.0.hook_resid_pre`` is called on b_0..b_t
-    ([batch, t+1, n_states]) and the step continues from its output at t; then ``blocks.0.hook_resid_post`` is
-    called on b_1..b_{t+1} and its output at t is both the prediction at t and the next step's belief. A caching
-    hook therefore ends with the full [batch, pos, n_states] tensor (from the last call), and a hook that edits
-    the belief at position t changes the predictions from t on and nothing before. With no hook attached the
-    numbers are those of the plain loop.
+    Hooks sit in the recurrence (:mod:`interp.models.hooks`): at each position t, ``blocks.0.hook_resid_pre`` is
+    called on b_0..b_t and the step continues from its output at t; then ``blocks.0.hook_resid_post`` on
+    b_1..b_{t+1}, whose output at t is both the prediction at t and the next step's belief. A hook that edits the
+    belief at position t changes the predictions from t on and nothing before.
     """
 
     family = "belief_net"
@@ -154,9 +145,7 @@ class BeliefNet(HookedRootModule):
         b = mu.expand(n, -1)
         pre, post = [], []  # the hooked beliefs of the positions so far
         for t in range(L):
-            pre.append(b)
-            b = pre[t] = through_hook(block.hook_resid_pre, pre)
+            b = recurrent_hook(block.hook_resid_pre, pre, b)
             w = b * emit[:, t]
-            post.append((w / w.sum(-1, keepdim=True)) @ A)
-            b = post[t] = through_hook(block.hook_resid_post, post)
+            b = recurrent_hook(block.hook_resid_post, post, (w / w.sum(-1, keepdim=True)) @ A)
         return torch.log(torch.stack(post, 1) @ C)

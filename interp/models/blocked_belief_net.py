@@ -30,7 +30,8 @@ from torch import nn
 from transformer_lens import HookedRootModule
 
 from interp.hmm.blocked import BlockedHMM
-from interp.models.belief_net import BeliefBlock, through_hook
+from interp.models.belief_net import BeliefBlock
+from interp.models.hooks import recurrent_hook
 from interp.models.configs import BlockedBeliefNetConfig
 
 _LOG_ZERO = -1e4  # log(0) stand-in (exp(-1e4) is 0 in float32 and float64): its "truth" is the exact filter
@@ -98,8 +99,7 @@ class BlockedBeliefNet(HookedRootModule):
         block = self.blocks[0]
         pre, post, logits = [], [], []  # pre and post: the hooked values of the positions so far
         for t in range(L):
-            pre.append(b)
-            b = pre[t] = through_hook(block.hook_resid_pre, pre)
+            b = recurrent_hook(block.hook_resid_pre, pre, b)
             g = group[:, t]
             order = torch.argsort(g, stable=True)
             present, counts = torch.unique_consecutive(g[order], return_counts=True)
@@ -107,9 +107,7 @@ class BlockedBeliefNet(HookedRootModule):
             q_parts = [(b[rows_g] @ B_cat[gg]).reshape(-1, d, k) * w[gg][:, None] for gg, rows_g in groups]
             inverse = torch.empty_like(order)
             inverse[order] = rows
-            post.append(torch.cat(q_parts)[inverse].reshape(n, d * k))
-            post[t] = through_hook(block.hook_resid_post, post)
-            q = post[t].reshape(n, d, k)
+            q = recurrent_hook(block.hook_resid_post, post, torch.cat(q_parts)[inverse].reshape(n, d * k)).reshape(n, d, k)
             p_parts = [torch.einsum("rdk,dkm->rdm", q[rows_g], E_next[gg]) for gg, rows_g in groups]  # (r, d, m)
             p = torch.cat(p_parts)[inverse]  # (n, d, m): next-token probabilities, token succ[g, e] m + c
             idx = (succ[g][:, :, None] * m + torch.arange(m, device=tokens.device)).reshape(n, d * m)

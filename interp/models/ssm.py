@@ -11,12 +11,9 @@ then ``logits = resid W_U + b_U``. The transition is parameterised to be stable:
 :meth:`LinearSSM.spectrum` returns each layer's eigenvalues.
 
 Every hook sits in the data flow: what a hook returns is what the next operation reads. ``hook_embed``,
-``hook_resid_pre``, ``hook_out`` and ``hook_resid_post`` see all positions at once. ``blocks.{l}.hook_state``
-is called inside the recurrence: after computing position t's state, on the states of positions 0..t
-([batch, t + 1, width]); the recurrence (and ``C h_t``) continues from position t of the hook's output, and
-its earlier positions are ignored. So a caching hook ends up holding the whole [batch, pos, width] state
-(from the last call), and a hook that edits position t changes the state at t + 1.. and nothing before t.
-(The Belief Nets hook their beliefs the same way. The prefix stacks cost O(pos^2) copies per layer.)
+``hook_resid_pre``, ``hook_out`` and ``hook_resid_post`` see all positions at once; ``blocks.{l}.hook_state``
+is called inside the recurrence, once per position (:mod:`interp.models.hooks`), so an edit of the state at
+position t changes t + 1.. and nothing before t.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.models.configs import SSMConfig
+from interp.models.hooks import recurrent_hook
 
 _RADIUS = 0.999
 
@@ -79,15 +77,12 @@ class SSMLayer(nn.Module):
             h = torch.zeros_like(drive[:, 0])
             for t in range(u.shape[1]):
                 h = a * h + drive[:, t]
-                states.append(torch.cat([h.real, h.imag], -1))
-                states[t] = self.hook_state(torch.stack(states, 1))[:, t].contiguous()
-                h = torch.complex(states[t][..., :n], states[t][..., n:])  # exact: the same real and imaginary parts
+                s = recurrent_hook(self.hook_state, states, torch.cat([h.real, h.imag], -1))
+                h = torch.complex(s[..., :n], s[..., n:])  # exact: the same real and imaginary parts
         else:
             h = torch.zeros_like(bu[:, 0])
             for t in range(u.shape[1]):
-                h = (h @ a.T if self.kind == "dense" else a * h) + bu[:, t]
-                states.append(h)
-                h = states[t] = self.hook_state(torch.stack(states, 1))[:, t].contiguous()  # h's layout as before
+                h = recurrent_hook(self.hook_state, states, (h @ a.T if self.kind == "dense" else a * h) + bu[:, t])
         out = self.hook_out(torch.stack(states, 1) @ self.C)
         return self.hook_resid_post(u + out)
 
