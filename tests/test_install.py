@@ -91,6 +91,7 @@ def test_the_installed_package_runs_a_tiny_pipeline_and_redraws_its_figures_outs
     site, work = built["site"], built["work"]
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     (work / "tiny.toml").write_text(TINY)
+    assert run([str(site / "bin" / "interp"), "--help"], cwd=work, env=env).stdout.startswith("usage: interp ")
     # the console script (its interpreter is this one; PYTHONPATH puts the installed package ahead of the
     # editable install's finder); the figures are drawn once, by `interp figures`
     run([str(site / "bin" / "interp"), "run", "tiny.toml", "--out", "pipe", "--no-figures", "--workers", "0"],
