@@ -30,13 +30,13 @@ from typing import Callable, Literal
 from interp.config import check_folder_name, inherits, load, load_config, shared, tag_from_key, to_dict
 from interp.io import fingerprint, read_json, sha256_file, write_json
 from interp.models.configs import ModelConfig
+from interp.rundir import (COMPARE_JSON, COMPARE_MD, COMPARE_STAGE, CONSTRUCTION, FIGURES_STAGE, PIPELINE,
+                           RECOVERY, RESULT, SUMMARY, Manifest, PipelineLayout, recorded_outputs)
 from interp.studies.jobs import probed, run_jobs, train_and_probe, trained
 from interp.studies.recovery import RecoveryConfig
 from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig
 
 FAMILY_ORDER = ("transformer", "fixed_attention", "ssm", "belief_net")
-from interp.rundir import (COMPARE_JSON, COMPARE_MD, COMPARE_STAGE, CONSTRUCTION, FIGURES_STAGE, PIPELINE,
-                           RECOVERY, RESULT, SUMMARY, Manifest, PipelineLayout, recorded_outputs)
 
 DEFAULT_CONFIG = "default.toml"  # package data: the pipeline of `make run` and of `interp run` with no file
 

@@ -1,13 +1,10 @@
 """Sampling: shapes, determinism, consistency with T, and statistics within computed error bars."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from interp.hmm import HMM, get_process, log_likelihood, sample
-from interp.hmm.sampling import sample
 
 N_SIGMA = 5.0  # every statistical check below allows 5 standard errors, computed from the counts
 

@@ -3,7 +3,6 @@
 import itertools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
