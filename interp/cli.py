@@ -216,9 +216,8 @@ def cmd_construct(args) -> None:
 
 def cmd_recover(args) -> None:
     """Belief Net against Baum-Welch and spectral learning on parameter recovery (runs/<name>.toml)."""
-    from pathlib import Path
-
     from dataclasses import replace
+    from pathlib import Path
 
     from interp.rundir import RECOVERY
     from interp.studies.recovery import load_recovery_config, run_recovery

@@ -11,8 +11,8 @@ import pytest
 
 from interp import rundir
 from interp.io import fingerprint, read_json, sha256_file, write_json
-from interp.studies.jobs import probed, resumable, trained
 from interp.rundir import Manifest
+from interp.studies.jobs import probed, resumable, trained
 
 
 def test_hash_helpers_match_hashlib_on_canonical_json(tmp_path):

@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
+from interp.bench.plain_transformer import PlainTransformer
 from interp.hmm import get_process
+from interp.hmm.sampling import sample
 from interp.models import (
     BeliefNetConfig,
     FixedAttentionConfig,
@@ -21,9 +23,7 @@ from interp.models import (
     TransformerConfig,
     build_model,
 )
-from interp.bench.plain_transformer import PlainTransformer
 from interp.training.trainer import next_token_loss
-from interp.hmm.sampling import sample
 
 TL_OVERHEAD_TARGET = 1.3
 

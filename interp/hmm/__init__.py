@@ -10,7 +10,7 @@ from interp.hmm.filtering import (
     log_likelihood,
     next_token_probs,
 )
-from interp.hmm.losses import OptimalLoss, Estimate, entropy_rate, optimal_loss, predictive_entropy, unigram_loss
+from interp.hmm.losses import Estimate, OptimalLoss, entropy_rate, optimal_loss, predictive_entropy, unigram_loss
 from interp.hmm.msp import MixedStatePresentation, mixed_state_presentation
 from interp.hmm.processes import get_process, list_processes, register
 from interp.hmm.sampling import sample

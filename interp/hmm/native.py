@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import shutil
@@ -30,6 +29,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from interp.io import fingerprint
 
 _SOURCE = Path(__file__).with_name("kernels.cpp")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
@@ -88,8 +89,7 @@ def _build(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     gomp = _torch_openmp()
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp is not None else []
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cxx, version, *_FLAGS, *link, torch.__version__,
-                                    _cpu_id()]).encode()).hexdigest()[:16]
+    key = fingerprint([_SOURCE.read_text(), cxx, version, *_FLAGS, *link, torch.__version__, _cpu_id()])
     name = f"kernels-{key}.so"
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"interp-{os.getuid()}"):
         if (folder / name).exists():

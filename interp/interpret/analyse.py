@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
+from interp.hmm.matching import parameter_errors
 from interp.interpret import attention as A
 from interp.interpret import construction as K
 from interp.interpret.cache import ActivationCache, build_cache, cache_is_fresh, load_cache, run_fingerprint
 from interp.interpret.causal import causal_check
-from interp.hmm.matching import parameter_errors
-from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.interpret.probes import best_hook, probe_hooks
+from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.rundir import (COMPARE_JSON, COMPARE_MD, CONFIG, CONSTRUCTION, MODEL, MODEL_META, PROBE, PROBE_WEIGHTS,
                            PROBES, RESULT, Manifest, write_config)
 
@@ -399,9 +399,9 @@ def build_construction_run(process: dict, context: int, out_dir: str | Path, *, 
     import shutil
     import tempfile
 
+    from interp.hmm import beliefs as exact_beliefs
     from interp.interpret.cache import evaluation_set
     from interp.training.checkpoint import model_meta
-    from interp.hmm import beliefs as exact_beliefs
     from interp.training.runconfig import run_config_from_dict
 
     if decay not in ("analytic", "fitted"):

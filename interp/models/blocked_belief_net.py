@@ -31,8 +31,8 @@ from transformer_lens import HookedRootModule
 
 from interp.hmm.blocked import BlockedHMM
 from interp.models.belief_net import BeliefBlock
-from interp.models.hooks import recurrent_hook
 from interp.models.configs import BlockedBeliefNetConfig
+from interp.models.hooks import recurrent_hook
 
 _LOG_ZERO = -1e4  # log(0) stand-in (exp(-1e4) is 0 in float32 and float64): its "truth" is the exact filter
 

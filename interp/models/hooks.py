@@ -4,8 +4,8 @@ TransformerLens calls a hook on a whole activation ([batch, pos, ...]), but a re
 from position t. For its hooks to sit in the data flow, each is called once per position on the positions so far
 ([batch, t + 1, ...]), and the recurrence continues from the hook's output at the newest position; earlier
 positions of the output are ignored. A caching hook therefore ends up holding the whole tensor (its last call),
-a hook that edits position t changes t + 1.. and nothing before t, and with no hook attached the numbers are
-those of the plain loop.
+a hook that edits position t changes t + 1.. and nothing before t. With no hook attached the positions so far are
+not stacked at all (the training loop's cost), and the numbers are those of the plain loop.
 """
 
 from __future__ import annotations
@@ -18,5 +18,6 @@ def recurrent_hook(hook: HookPoint, values: list[torch.Tensor], new: torch.Tenso
     """Append ``new`` (position t) to ``values``, pass the positions so far through ``hook``, and return the
     hook's output at t (also stored as ``values[t]``): what the recurrence continues from."""
     values.append(new)
-    values[-1] = hook(torch.stack(values, 1))[:, -1].contiguous()  # contiguous: the plain loop's layout
+    if hook._forward_hooks or hook._forward_pre_hooks:  # with nothing attached a HookPoint is the identity
+        values[-1] = hook(torch.stack(values, 1))[:, -1].contiguous()  # contiguous: the plain loop's layout
     return values[-1]

@@ -435,8 +435,8 @@ def _attention_row(row: dict | None) -> dict | None:
 
 def build_summary(cfg: PipelineConfig, root: str | Path) -> PipelineSummary:
     """The headline numbers of a finished pipeline, from its compare.json, run folders and recovery.json."""
-    from interp.interpret.analyse import ProbeResult, _nan_to_none, process_label
     from interp.hmm import entropy_rate, optimal_loss
+    from interp.interpret.analyse import ProbeResult, _nan_to_none, process_label
     from interp.training.trainer import TrainResult
 
     lay = PipelineLayout(Path(root))

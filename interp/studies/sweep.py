@@ -40,9 +40,9 @@ from typing import Callable
 
 from interp.config import ConfigError, check_folder_name, load, load_config, to_dict
 from interp.io import read_json, write_json
+from interp.models.configs import ModelConfig
 from interp.rundir import PROBE, RESULT, RESULTS_JSON, RESULTS_MD, SWEEP, SWEEP_RUNS
 from interp.studies.jobs import done, init_worker, run_jobs, train_and_probe
-from interp.models.configs import ModelConfig
 from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, run_config_from_dict
 
 EXECUTORS = ("pool", "slurm", "local", "debug")  # pool: our process pool; the rest: submitit's executors

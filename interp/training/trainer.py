@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from interp.training.checkpoint import list_checkpoints, load_state, model_meta, save_checkpoint
 from interp.hmm import HMM, forward_filter, optimal_loss, unigram_loss
 from interp.hmm.blocked import BlockedHMM
+from interp.hmm.sampling import sample
 from interp.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl, write_tensors
 from interp.models import build_model, next_token_logits
-from interp.training.runconfig import RunConfig, TrainConfig, run_config_from_dict
-from interp.hmm.sampling import sample
 from interp.rundir import (CONFIG, METRICS, MODEL, MODEL_META, RESULT, TRAINING, Manifest, read_config,
                            training_inputs, write_config)
+from interp.training.checkpoint import list_checkpoints, load_state, model_meta, save_checkpoint
+from interp.training.runconfig import RunConfig, TrainConfig, run_config_from_dict
 
 _EVAL_BATCH = 4096
 

@@ -17,14 +17,14 @@ from interp.hmm import (
     beliefs,
     filter_scan,
     filter_sequential,
+    filtering,
     forward_filter,
     get_process,
     log_likelihood,
+    native,
     next_token_probs,
 )
-from interp.hmm import filtering, native
 from interp.hmm.sampling import sample
-
 
 
 @contextlib.contextmanager

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from interp.hmm import processes
-from interp.hmm import HMM, EmissionForm, get_process, list_processes, log_likelihood
+from interp.hmm import HMM, EmissionForm, get_process, list_processes, log_likelihood, processes
 from interp.hmm.sampling import sample
 
 

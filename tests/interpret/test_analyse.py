@@ -6,14 +6,14 @@ import shutil
 import pytest
 import torch
 
-from interp.interpret import construction as K
 from interp import hmm as H
+from interp.cli import main
+from interp.interpret import construction as K
 from interp.interpret.analyse import ProbeResult, build_construction_run, compare_runs, load_probe_result, probe_run
 from interp.interpret.cache import load_cache
-from interp.training.checkpoint import load_model
-from interp.cli import main
 from interp.io import read_tensors
 from interp.rundir import PROBE
+from interp.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

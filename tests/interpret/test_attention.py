@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from interp.interpret.attention import decay_pattern, describe_head, fit_decay, fixedness, mean_pattern, pattern_distance
+from interp.interpret.attention import (decay_pattern, describe_head, fit_decay, fixedness, mean_pattern,
+                                        pattern_distance)
 
 
 @pytest.mark.parametrize("exclude", [0, 1, 2])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from interp import hmm as H
+from interp.cli import main
 from interp.interpret.cache import (
     ActivationCache,
     StaleCacheError,
@@ -17,9 +18,9 @@ from interp.interpret.cache import (
     evaluation_set,
     load_cache,
 )
-from interp.training.checkpoint import load_model
-from interp.cli import main
 from interp.io import read_json, write_json
+from interp.training.checkpoint import load_model
+
 
 # ------------------------------------------------------------------ evaluation set
 def test_all_sequences_is_lexicographic_product():

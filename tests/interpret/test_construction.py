@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from interp.interpret import construction as K
 from interp.hmm import HMM, beliefs, get_process, log_likelihood
 from interp.hmm.sampling import sample
+from interp.interpret import construction as K
 
 
 def all_sequences(n_tokens: int, length: int) -> torch.Tensor:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.interpret.cache import all_sequences
 from interp.config import ConfigError
 from interp.hmm import get_process, next_token_probs
 from interp.hmm.losses import unigram_loss
+from interp.hmm.sampling import sample
+from interp.interpret.cache import all_sequences
 from interp.models import BlockedBeliefNetConfig, build_model
 from interp.training.runconfig import run_config_from_dict
 from interp.training.trainer import EvalSet, Trainer, evaluate
-from interp.hmm.sampling import sample
 
 SMALL = dict(n_groups=4, group_size=3, tokens_per_group=2, successors=2, seed=1)
 

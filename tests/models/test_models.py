@@ -10,6 +10,7 @@ from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
 from interp.hmm import beliefs, forward_filter, get_process, next_token_probs
+from interp.hmm.sampling import sample
 from interp.models import (
     BeliefNetConfig,
     FixedAttentionConfig,
@@ -18,7 +19,6 @@ from interp.models import (
     build_model,
 )
 from interp.training.trainer import next_token_loss
-from interp.hmm.sampling import sample
 
 MESS3 = get_process("mess3")
 N_CTX = 10

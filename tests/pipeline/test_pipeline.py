@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from interp.pipeline import pipeline as P
 from interp.cli import main
 from interp.config import ConfigError
 from interp.io import read_json
+from interp.pipeline import pipeline as P
 
 TINY = (Path(__file__).parents[1] / "tiny_pipeline.toml").read_text()
 

@@ -12,12 +12,12 @@ import pytest
 import sweep_jobs
 import torch
 
-from interp.studies import jobs
-from interp.studies import sweep as SW
+from interp import rundir
 from interp.cli import main
 from interp.config import ConfigError
 from interp.io import read_json
-from interp import rundir
+from interp.studies import jobs
+from interp.studies import sweep as SW
 
 TINY = """
 name = "tiny"

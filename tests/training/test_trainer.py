@@ -11,14 +11,14 @@ import torch
 from torch.testing import assert_close
 
 import interp.training.trainer as trainer_module
-from interp.training.checkpoint import list_checkpoints, load_model
 from interp.cli import main
 from interp.hmm import forward_filter
+from interp.hmm.sampling import sample
 from interp.io import read_jsonl, read_tensors
 from interp.models import build_model
+from interp.training.checkpoint import list_checkpoints, load_model
 from interp.training.runconfig import RunConfig, run_config_from_dict
 from interp.training.trainer import EvalSet, RunExistsError, Trainer, TrainResult, evaluate
-from interp.hmm.sampling import sample
 
 TINY_TRANSFORMER = {"family": "transformer", "n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8}
 TINY_MODELS = {
