@@ -6,6 +6,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import shutil
+import time
 
 import pytest
 
@@ -24,6 +25,25 @@ def test_hash_helpers_match_hashlib_on_canonical_json(tmp_path):
     canonical = '{"a": {"x": true, "y": "s"}, "b": [1, 2.5, null]}'
     assert fingerprint(obj) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert fingerprint(obj) == fingerprint(json.loads(json.dumps(obj)))  # key order is irrelevant
+
+
+def test_a_remembered_digest_never_hides_a_change(tmp_path, monkeypatch):
+    import interp.io as io
+
+    monkeypatch.setattr(io, "_DIGESTS", {})
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 1000)
+    sha256_file(path)
+    assert io._DIGESTS == {}  # just written: a same-size rewrite could keep its timestamps, so not remembered
+    monkeypatch.setattr(io, "_SETTLED_NS", -10**18)  # as if every file had been left alone long enough
+    assert sha256_file(path) == hashlib.sha256(b"a" * 1000).hexdigest() and len(io._DIGESTS) == 1
+    assert sha256_file(path) == hashlib.sha256(b"a" * 1000).hexdigest()  # reused
+    for data in (b"a" * 999 + b"b", b"a" * 10):  # same size, then truncated: each write changes the ctime
+        time.sleep(0.05)  # past the file system's timestamp tick (the real rule waits _SETTLED_NS)
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(data)
+        assert sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_config_hash_is_the_fingerprint_of_the_config(runs):
