@@ -22,7 +22,7 @@ Two estimators use them:
   Its raw predictions ``binf^T B_x b_t`` can be negative on estimated moments; here every
   prediction is made a distribution (see :meth:`SpectralHMM.log_likelihood`).
 
-- :func:`recover_emission_form`, an estimate of the emission-form parameters (mu, A, C) by the
+- :func:`fit_emission_form`, an estimate of the emission-form parameters (mu, A, C) by the
   eigen-decomposition method of Anandkumar, Hsu & Kakade (2012, "A method of moments for mixture
   models and hidden Markov models"), e.g. to initialise a Belief Net or Baum-Welch.
 
@@ -48,7 +48,7 @@ import torch
 from interp.hmm.core import HMM, EmissionForm
 
 __all__ = ["Moments", "empirical_moments", "exact_moments", "SpectralHMM", "EmissionRecovery",
-           "fit_emission_form", "recover_emission_form"]
+           "fit_emission_form"]
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -475,12 +475,6 @@ def fit_emission_form(moments: Moments, rank: int, *, generator: torch.Generator
     return EmissionRecovery(params, refinement, start, sweeps, condition)
 
 
-def recover_emission_form(moments: Moments, rank: int, *, generator: torch.Generator,
-                          eps: float = 1e-8, refine_iters: int = 50) -> EmissionForm:
-    """The parameters of :func:`fit_emission_form` (which also says how its eigenvectors were found)."""
-    return fit_emission_form(moments, rank, generator=generator, eps=eps, refine_iters=refine_iters).params
-
-
 def _transitions_from_operators(moments: Moments, U: torch.Tensor, R: torch.Tensor, eps: float) -> torch.Tensor:
     """A from the HKZ operators when C cannot be inverted (V < S, windows).
 
@@ -488,7 +482,7 @@ def _transitions_from_operators(moments: Moments, U: torch.Tensor, R: torch.Tens
     while the eigenvectors of AHK's operators are ``R = U^T O A^T D`` for an unknown positive diagonal D (the
     future window after the middle token is ``O A^T``). So ``R^{-1} (sum_x B_x) R = D^{-1} A^T D = X``, and as A's
     rows sum to 1, ``d = diag(D)`` is the eigenvector of ``X^T`` for the eigenvalue 1: ``A = D^{-1} X^T D``.
-    Needs A invertible. Projected to a stochastic matrix as in :func:`recover_emission_form`."""
+    Needs A invertible. Projected to a stochastic matrix as in :func:`fit_emission_form`."""
     B = (U.T @ moments.P31) @ torch.linalg.pinv(U.T @ moments.P21)  # sum_x B_x, [r, r]
     X = (_inverse(R) @ B.to(R.dtype) @ R).real
     d = _eigenvector_for_one(X.T)

@@ -41,7 +41,7 @@ def initial_logits(n_states: int, n_tokens: int, init: str, scale: float = 1.0,
     - "spectral": the log of ``spectral``, a spectral estimate (probabilities below 1e-6 raised to it);
     - "truth": the log of ``truth``, the data's own parameters (below 1e-13 raised to it), in float64.
     """
-    check_belief_net_init(init, BELIEF_NET_INITS)
+    check_belief_net_init(init)
     shapes = ((n_states,), (n_states, n_states), (n_states, n_tokens))
     if init in ("random", "near_uniform"):
         if generator is None:

@@ -109,9 +109,9 @@ def test_made_valid_predictions_are_distributions_for_a_noisy_fit():
 
 @pytest.mark.parametrize("name,kw", UNDERCOMPLETE)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_recover_emission_form_from_exact_moments(name, kw, seed):
+def test_fit_emission_form_from_exact_moments(name, kw, seed):
     hmm = H.get_process(name, **kw)
-    em = SP.recover_emission_form(SP.exact_moments(hmm), kw["n_states"], generator=torch.Generator().manual_seed(seed))
+    em = SP.fit_emission_form(SP.exact_moments(hmm), kw["n_states"], generator=torch.Generator().manual_seed(seed)).params
     err = parameter_errors(hmm.to_emission(), em)
     assert err["C_frobenius"] == pytest.approx(0.0, abs=1e-6)
     assert err["A_frobenius"] == pytest.approx(0.0, abs=1e-6)
@@ -121,7 +121,7 @@ def test_recover_emission_form_from_exact_moments(name, kw, seed):
 
 def _operators(m: SP.Moments, rank: int) -> torch.Tensor:
     U, s, Vh = torch.linalg.svd(m.P31)
-    return (U[:, :rank].T @ m.P3x1 @ Vh[:rank].T) / s[:rank]  # [V, r, r], as recover_emission_form builds them
+    return (U[:, :rank].T @ m.P3x1 @ Vh[:rank].T) / s[:rank]  # [V, r, r], as fit_emission_form builds them
 
 
 def test_joint_eigenvectors_are_found_from_a_perturbed_start():
@@ -149,8 +149,8 @@ def test_joint_refinement_beats_one_random_combination_on_samples():
     hmm = H.get_process("cyclic", n_states=8, n_tokens=16, seed=0)
     m = SP.empirical_moments(H.sample(hmm, 500, 100, seed=1), 16)
     truth = hmm.to_emission()
-    errs = {it: torch.tensor([parameter_errors(truth, SP.recover_emission_form(
-        m, 8, generator=torch.Generator().manual_seed(g), refine_iters=it))["C_frobenius"] for g in range(6)])
+    errs = {it: torch.tensor([parameter_errors(truth, SP.fit_emission_form(
+        m, 8, generator=torch.Generator().manual_seed(g), refine_iters=it).params)["C_frobenius"] for g in range(6)])
         for it in (0, 50)}
     assert float(errs[50].max() - errs[50].min()) < 1e-6
     assert float(errs[50].max()) < float(errs[0].min())
@@ -260,7 +260,7 @@ def test_overcomplete_rank_v_model_is_not_the_process():
     with pytest.raises(ValueError, match="rank 4 exceeds the number of tokens V = 3"):
         SP.SpectralHMM.fit(m, 4)
     with pytest.raises(ValueError, match="rank 6 exceeds"):
-        SP.recover_emission_form(m, 6, generator=torch.Generator())
+        SP.fit_emission_form(m, 6, generator=torch.Generator())
     model = SP.SpectralHMM.fit(m, 3)
     # A rank-V model matches the moments it was built from: every sequence of length <= 3 is exact ...
     short = torch.tensor(list(itertools.product(range(3), repeat=3)))
@@ -343,10 +343,10 @@ def test_windows_on_sampled_data_beat_single_tokens_overcomplete():
 @pytest.mark.parametrize("name,kw,window", [("cyclic", dict(n_states=6, n_tokens=3, seed=0), 2),
                                              ("cyclic", dict(n_states=8, n_tokens=3, seed=1), 2),
                                              ("random", dict(n_states=6, n_tokens=3, seed=2), 3)])
-def test_recover_emission_form_overcomplete_from_window_moments(name, kw, window):
+def test_fit_emission_form_overcomplete_from_window_moments(name, kw, window):
     hmm = H.get_process(name, **kw)
-    em = SP.recover_emission_form(SP.exact_moments(hmm, window=window), kw["n_states"],
-                                  generator=torch.Generator().manual_seed(0))
+    em = SP.fit_emission_form(SP.exact_moments(hmm, window=window), kw["n_states"],
+                              generator=torch.Generator().manual_seed(0)).params
     err = parameter_errors(hmm.to_emission(), em)  # after matching states
     # exact up to the eps = 1e-8 floor that every zero of the sparse truth is lifted to
     assert err["A_max_abs"] < 1e-7 and err["C_max_abs"] < 1e-7 and err["mu_l1"] < 1e-7, err
@@ -391,11 +391,11 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="floor must lie in"):
         model.log_likelihood(tokens, floor=0.0)
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
-        SP.recover_emission_form(m, 4, generator=0)
+        SP.fit_emission_form(m, 4, generator=0)
     with pytest.raises(ValueError, match="eps must lie in"):
-        SP.recover_emission_form(m, 4, generator=g, eps=0.5)
+        SP.fit_emission_form(m, 4, generator=g, eps=0.5)
     with pytest.raises(ValueError, match="refine_iters must be a non-negative integer"):
-        SP.recover_emission_form(m, 4, generator=g, refine_iters=-1)
+        SP.fit_emission_form(m, 4, generator=g, refine_iters=-1)
     with pytest.raises(ValueError, match="window must be a positive integer"):
         SP.empirical_moments(tokens, 8, window=0)
     with pytest.raises(ValueError, match="window must be a positive integer"):
@@ -406,6 +406,6 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match=r"rank 65 exceeds V\^window = 8\^2 = 64"):
         SP.SpectralHMM.fit(m2, 65)
     with pytest.raises(ValueError, match=r"rank 65 exceeds V\^window"):
-        SP.recover_emission_form(m2, 65, generator=g)
+        SP.fit_emission_form(m2, 65, generator=g)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         SP.SpectralHMM(model.U, model.b1, model.binf, model.B[:, :3])
