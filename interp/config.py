@@ -17,6 +17,9 @@ file's path. Beyond plain fields the loader reads
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import tomllib
 import types
 import typing
@@ -119,7 +122,13 @@ def _convert(value: Any, tp, key: str, ctx: dict) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range (JSON allows any size)
+            raise ConfigError(f"{key} must be a finite number, got {value!r}") from None
+        if not math.isfinite(value):  # TOML's inf and nan literals
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
@@ -184,10 +193,14 @@ def to_dict(obj) -> dict[str, Any]:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; a missing file or bad syntax gives one clear error naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
         return tomllib.loads(path.read_text())
+    except OSError as err:  # unreadable (permissions): still one line
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     except UnicodeDecodeError as err:
@@ -212,10 +225,24 @@ def load_config(path: str | Path, cls: type[C]) -> C:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def check_folder_name(name) -> str:
-    """A config's ``name``, which names its output folder."""
-    import re
-
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"name must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+def check_folder_name(name, key: str = "name") -> str:
+    """A config value that names a folder (a config's ``name``, a table key that becomes a folder): one path
+    component that stays where it is put, so no '.', '..', separator, control character or leading '.'/'-'."""
+    if (not isinstance(name, str) or not re.match(r"[A-Za-z0-9_]", name) or not name.isprintable()
+            or any(sep in name for sep in ("/", "\\", os.sep, os.altsep) if sep)):
+        raise ConfigError(f"{key} must be a folder name that starts with a letter, digit or '_' and holds no '/', "
+                          f"'\\' or control character, got {name!r}")
     return name
+
+
+def check_relative_path(path, key: str) -> str:
+    """A path-valued config key (e.g. ``figures.out``): relative and without '..', so a config never writes
+    outside the folder it is run from (a path given on the command line is the user's and is not checked)."""
+    if not isinstance(path, str) or not path or not path.isprintable():
+        raise ConfigError(f"{key} must be a non-empty relative path, got {path!r}")
+    parts = re.split(r"[/\\]", path)
+    if path.startswith(("/", "\\")) or Path(path).is_absolute():
+        raise ConfigError(f"{key} must be a relative path (a config may not write elsewhere), got {path!r}")
+    if ".." in parts:
+        raise ConfigError(f"{key} must not contain '..' (a config may not write outside its folder), got {path!r}")
+    return path

@@ -5,6 +5,8 @@ import copy
 import itertools
 import json
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -375,3 +377,154 @@ def test_a_pipeline_model_table_may_be_left_out_and_gets_the_familys_defaults():
     data = tomllib_default()
     del data["models"]["ssm"]["model"]
     assert pipeline_config_from_dict(data).runs["ssm"].model == SSMConfig()
+
+
+# ------------------------------------------- hostile values (issue 20)
+NON_FINITE = [(key, value) for key in ("train.lr", "train.weight_decay", "train.grad_clip", "train.momentum",
+                                        "train.min_lr_ratio") for value in (math.inf, -math.inf, math.nan)]
+
+
+@pytest.mark.parametrize("key,value", NON_FINITE, ids=[f"{k}={v}" for k, v in NON_FINITE])
+def test_the_loader_refuses_non_finite_numbers_naming_the_key(tmp_path, key, value):
+    path = write_config(tmp_path, mutated(key, value))  # TOML's own inf / -inf / nan literals
+    assert f"= {value!r}" in path.read_text()
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == f"{path}: {key} must be a finite number, got {value!r}"
+
+
+def test_non_finite_numbers_inside_lists_and_model_tables_and_from_json():
+    with pytest.raises(ConfigError, match=r"^train\.betas\[0\] must be a finite number, got nan$"):
+        run_config_from_dict(mutated("train.betas", [math.nan, 0.9]), default_name="run")
+    belief_net = {"family": "belief_net", "init_scale": math.inf}
+    with pytest.raises(ConfigError, match=r"^model\.init_scale must be a finite number, got inf$"):
+        run_config_from_dict(mutated("model", belief_net), default_name="run")
+    # JSON (a saved config.json) holds integers of any size: one beyond float range is not finite either
+    with pytest.raises(ConfigError, match=r"^train\.lr must be a finite number, got 1000+$"):
+        run_config_from_dict(mutated("train.lr", 10**400), default_name="run")
+    # a Python caller that skips the loader is stopped by the config itself
+    with pytest.raises(ValueError, match=r"^lr must be a finite number, got inf$"):
+        TrainConfig(lr=math.inf)
+    with pytest.raises(ValueError, match=r"^init_scale must be a finite number >= 0, got nan$"):
+        BeliefNetConfig(init_scale=math.nan)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("seed", -1, "seed must be >= 0, got -1"),
+    ("train.momentum", 1.0, "train.momentum must lie in [0, 1), got 1.0"),
+    ("train.momentum", -0.5, "train.momentum must lie in [0, 1), got -0.5"),
+    ("model", {"family": "transformer", "d_model": 8, "d_head": 5, "positional": "rotary"},
+     "model.d_head must be even with positional = 'rotary', got 5"),
+    ("model", {"family": "belief_net", "init_scale": -0.1}, "model.init_scale must be a finite number >= 0, got -0.1"),
+    ("name", "..", "name must be a folder name that starts with a letter, digit or '_' and holds no '/', '\\' or "
+                   "control character, got '..'"),
+])
+def test_nonsense_values_are_refused_naming_the_key(tmp_path, key, value, message):
+    path = write_config(tmp_path, mutated(key, value))
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_rotary_with_an_even_d_head_and_a_zero_init_scale_still_load():
+    assert TransformerConfig(d_model=8, d_head=4, positional="rotary").d_head == 4
+    assert BeliefNetConfig(init="random", init_scale=0.0).init_scale == 0.0  # every logit 0: the uniform model
+
+
+FOLDER_NAMES_OK = ["mess3_tf1", "x=0.05_d_model=32_seed=0", "_private", "1run", "run.v2", "run-2", "lr=1e-05"]
+FOLDER_NAMES_BAD = ["", ".", "..", ".hidden", "-rf", "a/b", "../x", "a\\b", "a\x00b", "a\nb", 3, None]
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES_OK)
+def test_check_folder_name_accepts_plain_names(name):
+    from interp.config import check_folder_name
+
+    assert check_folder_name(name) == name
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES_BAD, ids=[repr(n) for n in FOLDER_NAMES_BAD])
+def test_check_folder_name_refuses_what_escapes_or_hides(name):
+    from interp.config import check_folder_name
+
+    with pytest.raises(ConfigError) as err:
+        check_folder_name(name, "models.x.name")
+    assert str(err.value) == (f"models.x.name must be a folder name that starts with a letter, digit or '_' and "
+                              f"holds no '/', '\\' or control character, got {name!r}")
+
+
+def test_check_relative_path():
+    from interp.config import check_relative_path
+
+    for ok in ("paper_figs", "runs/figs", "./figs", "figs/"):
+        assert check_relative_path(ok, "figures.out") == ok
+    for bad, why in (("", "must be a non-empty relative path"), ("/tmp/figs", "must be a relative path"),
+                     ("\\figs", "must be a relative path"), ("..", "must not contain '..'"),
+                     ("../figs", "must not contain '..'"), ("a/../../b", "must not contain '..'"),
+                     ("a\\..\\b", "must not contain '..'"), ("a\x00b", "must be a non-empty relative path"),
+                     (None, "must be a non-empty relative path")):
+        with pytest.raises(ConfigError, match=rf"^figures\.out {re.escape(why)}.*, got {re.escape(repr(bad))}$"):
+            check_relative_path(bad, "figures.out")
+
+
+def test_read_toml_says_a_directory_is_one(tmp_path):
+    from interp.config import read_toml
+
+    with pytest.raises(ConfigError) as err:
+        read_toml(tmp_path)
+    assert str(err.value) == f"config file {tmp_path} is a directory"
+
+
+# -------------------------------------------------------- memory estimate
+def test_memory_estimate_of_a_tiny_belief_net_term_by_term():
+    from interp.training.runconfig import memory_estimate
+
+    train = TrainConfig(context=10, batch_size=1, eval_sequences=1)
+    est = memory_estimate(BeliefNetConfig(n_states=3), train, n_tokens=3, n_states=3)
+    params, per_sequence = 3 * 3 + 3 * 3 + 3, 6 * 10 * 3 + 3 * 10 * 3  # (mu, A, C); beliefs and logits
+    assert est["step"] == 4 * 4 * params + 2 * 4 * per_sequence + 8 * 10
+    assert est["eval"] == 2 * 4 * params + 10 * 16 + 4 * per_sequence + 20_000 * 10 * 3 * 16
+    assert est["data"] == 0
+    fixed = memory_estimate(BeliefNetConfig(n_states=3), replace(train, data="fixed", dataset_size=100), 3, 3)
+    assert fixed["data"] == 8 * 100 * 10
+    no_mc = memory_estimate(BeliefNetConfig(n_states=3), train, 3, 3, monte_carlo=False)
+    assert est["eval"] - no_mc["eval"] == 20_000 * 10 * 3 * 16
+
+
+def test_memory_estimate_grows_with_the_square_of_a_transformers_context_and_with_the_batch():
+    from interp.training.runconfig import memory_estimate
+
+    model = TransformerConfig(d_model=64, d_head=64)
+    step = {(c, b): memory_estimate(model, TrainConfig(context=c, batch_size=b), 3, 3)["step"]
+            for c in (10_000, 20_000) for b in (1, 2)}
+    assert 3.9 < step[20_000, 1] / step[10_000, 1] < 4.0  # attention: heads x context^2
+    assert 1.99 < step[10_000, 2] / step[10_000, 1] < 2.0
+    double = memory_estimate(model, TrainConfig(context=10_000, dtype="float64"), 3, 3)["step"]
+    assert double == pytest.approx(2 * memory_estimate(model, TrainConfig(context=10_000), 3, 3)["step"], rel=1e-3)
+
+
+@pytest.mark.parametrize("changes,model,message", [
+    ({"context": 100_000}, None, "train.context = 100000 needs ~"),
+    ({"context": 1000, "batch_size": 100_000}, None, "train.batch_size = 100000 needs ~"),
+    ({"eval_sequences": 10**9}, None, "train.eval_sequences = 1000000000 needs ~"),
+    ({"data": "fixed", "dataset_size": 10**9}, None, "train.dataset_size = 1000000000 needs ~"),
+    ({}, TransformerConfig(d_model=100_000, d_head=100_000), "model.d_model = 100000 needs ~"),
+])
+def test_check_memory_names_the_key_whose_smallest_value_would_fit(changes, model, message):
+    from interp.training.runconfig import check_memory
+
+    available = 10**9
+    with pytest.raises(ValueError) as err:
+        check_memory(model or TransformerConfig(), replace(TrainConfig(), **changes), 3, 3, available)
+    assert str(err.value).startswith(message) and str(err.value).endswith(f"; this machine has {available:.1e}")
+    check_memory(model or TransformerConfig(), replace(TrainConfig(), **changes), 3, 3, None)  # unknown: no check
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_configs_need_far_less_than_a_laptop(path):
+    from interp.hmm.blocked import BlockedHMM
+    from interp.training.runconfig import memory_estimate
+
+    cfg = load_run_config(path)
+    hmm = cfg.process.build()
+    est = memory_estimate(cfg.model, cfg.train, hmm.n_tokens, hmm.n_states, monte_carlo=not isinstance(hmm, BlockedHMM))
+    assert max(est.values()) < 4e9, est

@@ -7,6 +7,7 @@ from the data, so they are not part of these configs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -34,6 +35,8 @@ class TransformerConfig:
 
     def __post_init__(self):
         _positive(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model, d_head=self.d_head)
+        if self.positional == "rotary" and self.d_head % 2:  # rotary turns pairs of dimensions
+            raise ValueError(f"d_head must be even with positional = 'rotary', got {self.d_head}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ def check_belief_net_init(init: str, allowed: tuple[str, ...] = BELIEF_NET_INITS
         raise ValueError(f"init must be one of {' | '.join(map(repr, allowed))}, got {init!r}")
 
 
+def check_init_scale(scale: float, key: str = "init_scale") -> None:
+    """A Belief Net's init scale: finite and >= 0 (0 starts every logit at 0, the uniform model)."""
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{key} must be a finite number >= 0, got {scale!r}")
+
+
 @dataclass(frozen=True)
 class BeliefNetConfig:
     """The forward filter as a network whose weights are the logits of (mu, A, C).
@@ -103,8 +112,7 @@ class BeliefNetConfig:
     def __post_init__(self):
         _positive(n_states=self.n_states)
         check_belief_net_init(self.init, ("random", "near_uniform", "truth"))
-        if self.init_scale < 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        check_init_scale(self.init_scale)
 
 
 @dataclass(frozen=True)
@@ -119,8 +127,7 @@ class BlockedBeliefNetConfig:
 
     def __post_init__(self):
         check_belief_net_init(self.init, ("random", "truth"))
-        if self.init_scale < 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        check_init_scale(self.init_scale)
 
 
 ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig, BlockedBeliefNetConfig]
