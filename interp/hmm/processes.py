@@ -1,11 +1,24 @@
 """Named processes. Adding one is a function returning an :class:`HMM` plus ``@register``.
 
 Every function takes keyword parameters only; random families take an explicit ``seed``.
+
+Processes defined outside this file reach the registry in two ways:
+
+- a module of the user's that registers them when imported: :func:`import_process_module` (a config's
+  ``[process] module``, ``interp describe --module``) imports it from the Python path, or else from a
+  ``<module>.py`` (or ``<module>/__init__.py``) in a folder of ``$INTERP_PROCESS_PATH`` or the current folder;
+- an installed package's entry points in the group ``interp.processes``, loaded the first time a name is not
+  found or the registry is listed: one naming a module registers what that module registers, one naming a
+  function registers it under the entry point's name.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -15,26 +28,114 @@ from interp.hmm.core import HMM
 
 _REGISTRY: dict[str, Callable[..., HMM]] = {}
 
+ENTRY_POINT_GROUP = "interp.processes"
+PATH_VARIABLE = "INTERP_PROCESS_PATH"  # folders searched for a process module the Python path does not hold
+_entry_points_loaded = False
+
 
 def register(name: str):
     """Decorator adding a process constructor to the registry under ``name``."""
 
     def wrap(fn: Callable[..., HMM]) -> Callable[..., HMM]:
-        if name in _REGISTRY:
-            raise ValueError(f"process {name!r} is already registered")
+        old = _REGISTRY.get(name)
+        # the same function defined again (a module imported anew, a notebook cell run twice) replaces itself
+        same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
+        if old is not None and not same:
+            raise ValueError(f"process {name!r} is already registered (by {old.__module__}.{old.__qualname__})")
         _REGISTRY[name] = fn
         return fn
 
     return wrap
 
 
+def _load_entry_points() -> None:
+    """Register the processes of installed packages (entry-point group ``interp.processes``), once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    from importlib.metadata import entry_points
+
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as err:  # noqa: BLE001 - a broken plugin is named, in one line
+            _entry_points_loaded = False  # so that a fixed installation is read again
+            raise ValueError(f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} cannot be "
+                             f"loaded: {type(err).__name__}: {err}") from err
+        if callable(obj) and not inspect.ismodule(obj) and ep.name not in _REGISTRY:
+            register(ep.name)(obj)
+
+
+def process_search_folders() -> list[Path]:
+    """Where :func:`import_process_module` looks for a module the Python path does not hold: the folders of
+    ``$INTERP_PROCESS_PATH``, then the current folder."""
+    folders = [Path(p) for p in os.environ.get(PATH_VARIABLE, "").split(os.pathsep) if p]
+    return [*folders, Path.cwd()]
+
+
+def add_process_folder(folder: str | Path) -> None:
+    """Search ``folder`` (e.g. the folder of a config) for process modules, in this process and in the worker
+    processes it starts (they inherit the environment)."""
+    folder = str(Path(folder).resolve())
+    current = [p for p in os.environ.get(PATH_VARIABLE, "").split(os.pathsep) if p]
+    if folder not in current:
+        os.environ[PATH_VARIABLE] = os.pathsep.join([*current, folder])
+
+
+def import_process_module(module: str):
+    """Import the user's module ``module`` (which registers processes): from the Python path, or else from
+    :func:`process_search_folders`. A module that is not found or fails to import raises ValueError."""
+    if not isinstance(module, str) or not module or not all(part.isidentifier() for part in module.split(".")):
+        raise ValueError(f"{module!r} is not a module name (e.g. 'my_processes')")
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+            raise ValueError(f"importing {module!r} failed: {type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - the user's own code: one line naming it
+        raise ValueError(f"importing {module!r} failed: {type(err).__name__}: {err}") from err
+    folders = process_search_folders()
+    for folder in folders if "." not in module else []:
+        for path, package in ((folder / f"{module}.py", False), (folder / module / "__init__.py", True)):
+            if path.is_file():
+                return _import_file(module, path, package)
+    where = ", ".join(str(f) for f in folders)
+    raise ValueError(f"no module {module!r} on the Python path, nor a {module}.py in {where}")
+
+
+def _import_file(module: str, path: Path, package: bool):
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location(module, path, submodule_search_locations=[str(path.parent)] if package else None)
+    mod = module_from_spec(spec)
+    sys.modules[module] = mod  # as an import would: later imports of the name (and pickling) find it
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException as err:
+        sys.modules.pop(module, None)
+        if not isinstance(err, Exception):
+            raise
+        raise ValueError(f"importing {module!r} from {path} failed: {type(err).__name__}: {err}") from err
+    return mod
+
+
 def list_processes() -> list[str]:
+    """Every registered name, the installed packages' entry points included."""
+    _load_entry_points()
     return sorted(_REGISTRY)
+
+
+def has_process(name: str) -> bool:
+    """Whether ``name`` is registered (the entry points are read only when it is not built in)."""
+    if name not in _REGISTRY:
+        _load_entry_points()
+    return name in _REGISTRY
 
 
 def get_process(name: str, **params) -> HMM:
     """Build the registered process ``name`` with ``params``; unknown names or parameters raise."""
-    if name not in _REGISTRY:
+    if not has_process(name):
         raise ValueError(f"unknown process {name!r}; known: {', '.join(list_processes())}")
     fn = _REGISTRY[name]
     allowed = inspect.signature(fn).parameters
