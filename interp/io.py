@@ -20,6 +20,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (changing it, even for an
+    instant, races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (mkstemp's are 0600: outputs others may read)."""
+    return 0o666 & ~_umask()
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new temporary folder in ``parent`` (made whole and renamed into place by the caller) with the mode
+    ``mkdir`` would give it, not mkdtemp's 0700."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 _DIGESTS: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) -> SHA-256, for files left alone
 _SETTLED_NS = 2_000_000_000
 
@@ -55,13 +82,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no such modes
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk names no file: name the one written
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

@@ -85,23 +85,43 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
+def _untrusted(path: Path) -> str | None:
+    """Why ``path`` may not be trusted to hold code this process loads: owned by another user, or writable by
+    others. None when it is safe."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{path} is owned by another user (uid {st.st_uid})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
 def _build(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     gomp = _torch_openmp()
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp is not None else []
     key = fingerprint([_SOURCE.read_text(), cxx, version, *_FLAGS, *link, torch.__version__, _cpu_id()])
     name = f"kernels-{key}.so"
+    refused = []
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"interp-{os.getuid()}"):
+        try:  # an unwritable cache (a read-only home) falls back to the temporary folder
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        why = _untrusted(folder) or ((folder / name).exists() and _untrusted(folder / name))
+        if why:  # code others could have written is never loaded
+            refused.append(why)
+            continue
         if (folder / name).exists():
             return folder / name
-        try:  # an unwritable cache (a read-only home) falls back to the temporary folder
-            folder.mkdir(parents=True, exist_ok=True)
+        try:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
             break
         except OSError:
             continue
     else:
-        raise RuntimeError(f"no writable folder for the compiled kernels ({cache_dir()} or the temporary folder)")
+        raise RuntimeError(f"no safe writable folder for the compiled kernels ({cache_dir()} or the temporary "
+                           f"folder){': ' + '; '.join(refused) if refused else ''}")
     target = folder / name
     os.close(fd)
     try:

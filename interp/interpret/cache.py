@@ -10,7 +10,8 @@
   holds more than one shard of activations and reading loads one hook at a time.
 
 The run's ``manifest.json`` records the cache as the output ``cache`` of :func:`cache_inputs` (the run's
-config hash and weights): a cache whose run changed, or whose files changed, is refused and rebuilt.
+config hash and weights) with the SHA-256 of every file: a cache whose run changed, or whose files changed,
+went missing or are not all recorded, is refused and rebuilt, and each file is checked again when it is read.
 
 Row i of every tensor is the same sequence, and position t of an activation is the model's state
 after reading tokens 0..t: activations, tokens and beliefs are aligned by (sequence, position).
@@ -34,13 +35,15 @@ from safetensors import SafetensorError, safe_open
 
 from interp import hmm as H
 from interp.io import read_json, read_tensors, sha256_file, write_json, write_tensors
-from interp.rundir import ACTIVATIONS, CACHE, CACHE_DATA, CACHE_META, MODEL, MODEL_META, Manifest, shard_name
+from interp.rundir import (ACTIVATIONS, CACHE, CACHE_DATA, CACHE_META, MODEL, MODEL_META, Manifest,
+                           remove_stale_temporaries, shard_name, temporary_folder)
 
 CACHE_FORMAT = 1
 # The hooks a cache keeps: the residual stream at every layer, attention patterns and SSM states.
 # (hook_pos_embed is left out: it is the same W_pos for every input.)
 _HOOK_PATTERN = re.compile(r"^(hook_embed|blocks\.(\d+)\.(hook_resid_pre|hook_state|attn\.hook_pattern|hook_resid_post))$")
 _HOOK_ORDER = ["hook_resid_pre", "hook_state", "attn.hook_pattern", "hook_resid_post"]
+_TMP, _OLD = ".cache.tmp_", ".cache.old_"  # a cache being built, and the one it replaces, inside the run folder
 
 
 class StaleCacheError(ValueError):
@@ -140,8 +143,9 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     names = cached_hook_names(model)
     n = data.tokens.shape[0]
     bos = read_json(run_dir / MODEL_META).get("bos_token")  # models that read a BOS token first
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.tmp_"))
-    try:
+    for stale in remove_stale_temporaries(run_dir, _TMP, _OLD):  # left by a killed build
+        log(f"cache: removed {stale}, left by an interrupted build")
+    with temporary_folder(run_dir, _TMP) as tmp:
         write_tensors(tmp / CACHE_DATA, {"tokens": data.tokens, "weight": data.weight, "log_prob": data.log_prob,
                                          "beliefs": beliefs})
         aliases = _aliases(names)
@@ -182,14 +186,11 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
         manifest.forget(ACTIVATIONS)
         old = None
         if final.exists():
-            old = Path(tempfile.mkdtemp(dir=run_dir, prefix=".cache.old_"))
+            old = Path(tempfile.mkdtemp(dir=run_dir, prefix=_OLD))
             os.replace(final, old / CACHE)
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = [final / name for name in (CACHE_META, CACHE_DATA, *(s["file"] for s in shards))]
     manifest.record(ACTIVATIONS, {"format": CACHE_FORMAT, **fingerprint}, files)
     return final
@@ -208,21 +209,32 @@ class ActivationCache:
         self.path = self.run_dir / CACHE
         if not (self.path / CACHE_META).is_file():
             raise FileNotFoundError(f"no activation cache at {self.path} (make one with `interp cache {self.run_dir}`)")
-        self.meta = read_json(self.path / CACHE_META)
+        self._manifest = Manifest(self.run_dir)
+        self._verified: set[Path] = set()  # files this object has checked against the manifest
+        self.meta = read_json(self._checked(self.path / CACHE_META))
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{self.path / CACHE_META}: unknown cache format {self.meta.get('format')!r}")
         if check:
-            why = Manifest(self.run_dir).stale_reason(ACTIVATIONS, cache_inputs(self.run_dir))
+            why = _stale_reason(self.run_dir)
             if why is not None:
                 raise StaleCacheError(f"the cache at {self.path} is stale: {why}; rebuild it with "
                                       f"`interp cache {self.run_dir} --force`")
-        data = read_tensors(self.path / CACHE_DATA)
+            # every recorded file was just hashed
+            self._verified.update(self.run_dir / rel for rel in self._manifest.entry(ACTIVATIONS)["files"])
+        data = read_tensors(self._checked(self.path / CACHE_DATA))
         try:
             self.tokens, self.weight = data["tokens"], data["weight"]
             self.log_prob, self.beliefs = data["log_prob"], data["beliefs"]
         except KeyError as err:
             raise ValueError(f"{self.path / CACHE_DATA} lacks {err} (corrupt?)") from None
         self._loaded: dict[str, torch.Tensor] = {}
+
+    def _checked(self, path: Path) -> Path:
+        """``path``, once checked against the SHA-256 the run's manifest recorded for it."""
+        if path not in self._verified:
+            self._manifest.verify(ACTIVATIONS, path, remedy=f"rebuild it with `interp cache {self.run_dir} --force`")
+            self._verified.add(path)
+        return path
 
     @property
     def hooks(self) -> list[str]:
@@ -243,7 +255,7 @@ class ActivationCache:
         if name not in self._loaded:
             parts = []
             for shard in self.meta["shards"]:
-                path = self.path / shard["file"]
+                path = self._checked(self.path / shard["file"])
                 try:
                     with safe_open(str(path), framework="pt") as f:
                         parts.append(f.get_tensor(name))
@@ -269,8 +281,28 @@ def load_cache(run_dir: str | Path, *, check: bool = True) -> ActivationCache:
 
 
 def cache_is_fresh(run_dir: str | Path) -> bool:
-    """The run's manifest records a cache made from its current weights and config, with intact files."""
+    """The run's manifest records a cache made from its current weights and config, with every file (each shard
+    included) intact."""
     try:
-        return Manifest(run_dir).is_fresh(ACTIVATIONS, cache_inputs(Path(run_dir)))
+        return _stale_reason(Path(run_dir)) is None
     except (FileNotFoundError, ValueError):  # no finished run
         return False
+
+
+def _stale_reason(run_dir: Path) -> str | None:
+    """Why the run's cache is not up to date; None when it is. Beyond the manifest's own check, every file that
+    cache.json names must be among the files recorded (a shard the record does not list is never checked)."""
+    manifest = Manifest(run_dir)
+    why = manifest.stale_reason(ACTIVATIONS, cache_inputs(run_dir))
+    if why is not None:
+        return why
+    meta = read_json(run_dir / CACHE / CACHE_META)
+    try:
+        names = [CACHE_META, CACHE_DATA, *(shard["file"] for shard in meta["shards"])]
+    except (KeyError, TypeError):
+        return f"{run_dir / CACHE / CACHE_META} has no valid shard list (corrupt?)"
+    recorded = manifest.entry(ACTIVATIONS)["files"]
+    for name in names:
+        if not isinstance(name, str) or f"{CACHE}/{name}" not in recorded:
+            return f"{run_dir / CACHE / str(name)} is not among the files {manifest.path} records"
+    return None

@@ -2,24 +2,31 @@
 
 A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` written under a temporary name and renamed
 into place when complete, so a crash never leaves a half-written one. ``model.json`` carries the
-run config, so a checkpoint alone rebuilds its model (:func:`load_model`).
+run config, so a checkpoint alone rebuilds its model (:func:`load_model`). ``checksums.json``, written
+last, holds the SHA-256 of the other files: a resume takes the newest checkpoint that still matches
+(:func:`latest_intact_checkpoint`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_json, read_tensors, sha256_file, write_json, write_tensors
 from interp.models import build_model
-from interp.rundir import CHECKPOINT_PREFIX, CHECKPOINTS, MODEL, MODEL_META, OPTIMIZER, STATE, checkpoint_name
+from interp.rundir import (CHECKPOINT_PREFIX, CHECKPOINTS, CONSTRUCTION, MODEL, MODEL_META, OPTIMIZER, STATE,
+                           TRAINING, IntegrityError, Manifest, checkpoint_name, remove_stale_temporaries,
+                           temporary_folder)
 from interp.training.runconfig import RunConfig, run_config_from_dict
 
 KEEP = 2  # the newest checkpoints kept; older ones are pruned
+CHECKSUMS = "checksums.json"  # in a checkpoint: {file: SHA-256} of CHECKPOINT_FILES
+CHECKPOINT_FILES = (MODEL, MODEL_META, OPTIMIZER, STATE)
+_TMP = ".tmp_"  # a checkpoint being written, inside checkpoints/
 
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -52,21 +59,18 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
                     meta: dict, state: dict) -> Path:
     """Write checkpoint ``step`` atomically (temp folder + rename) and prune old ones."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
-    try:
+    remove_stale_temporaries(root, _TMP)  # left by a killed process
+    with temporary_folder(root, _TMP) as tmp:
         write_tensors(tmp / MODEL, model.state_dict())
         write_json(tmp / MODEL_META, meta)
         opt_tensors, opt_meta = _optimizer_to_files(optimizer)
         write_tensors(tmp / OPTIMIZER, opt_tensors)
         write_json(tmp / STATE, {**state, "step": step, "optimizer": opt_meta})
+        write_json(tmp / CHECKSUMS, {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -78,6 +82,43 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why checkpoint ``ckpt`` cannot be resumed from (a file missing or not matching its recorded SHA-256);
+    None when it is intact. One written before checksums were recorded is intact when its files load."""
+    ckpt = Path(ckpt)
+    try:
+        if not (ckpt / CHECKSUMS).is_file():
+            read_json(ckpt / MODEL_META)
+            read_json(ckpt / STATE)["optimizer"]
+            read_tensors(ckpt / MODEL)
+            read_tensors(ckpt / OPTIMIZER)
+            return None
+        sums = read_json(ckpt / CHECKSUMS)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return str(err)
+    if not isinstance(sums, dict) or set(sums) != set(CHECKPOINT_FILES):
+        return f"{ckpt / CHECKSUMS} does not list {', '.join(CHECKPOINT_FILES)} (corrupt?)"
+    for name, sha in sums.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != sha:
+            return f"{path} does not match the SHA-256 recorded in {ckpt / CHECKSUMS} (corrupt or edited)"
+    return None
+
+
+def latest_intact_checkpoint(run_dir: Path, log: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that is intact (:func:`checkpoint_problem`), logging each newer one
+    skipped; None when there is none."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            return ckpt
+        if log is not None:
+            log(f"skipping checkpoint {ckpt}: {why}")
+    return None
 
 
 def load_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -92,16 +133,20 @@ def load_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """Rebuild a trained model from a run folder (its final weights) or a checkpoint folder.
 
-    Returns (model in eval mode, its RunConfig). Missing or corrupt files raise a clear error."""
+    Returns (model in eval mode, its RunConfig). Missing or corrupt files raise a clear error, and so do files
+    that load but differ from the SHA-256 the run's manifest (or the checkpoint's checksums) recorded. A run
+    folder without final weights loads its newest intact checkpoint."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no run or checkpoint folder at {path}")
     folder = path
     if not (folder / MODEL).is_file():
-        ckpts = list_checkpoints(path)
-        if not ckpts:
+        if not list_checkpoints(path):
             raise FileNotFoundError(f"{path} holds neither {MODEL} nor any checkpoint")
-        folder = ckpts[-1]
+        folder = latest_intact_checkpoint(path)
+        if folder is None:
+            raise IntegrityError(f"{path} has no final weights and every checkpoint in {path / CHECKPOINTS} is "
+                                 f"corrupt or incomplete; retrain with --force")
     meta = read_json(folder / MODEL_META)
     try:
         cfg = run_config_from_dict(meta["config"])
@@ -114,4 +159,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         model.load_state_dict(read_tensors(folder / MODEL, device=device))
     except RuntimeError as err:
         raise ValueError(f"{folder / MODEL} does not match its config: {err}") from err
+    # checked after reading, so a file that does not even parse is reported as such
+    if folder == path and (folder / CHECKSUMS).is_file():  # (a checkpoint picked above was just checked)
+        why = checkpoint_problem(folder)
+        if why is not None:
+            raise IntegrityError(f"{why}; load an earlier checkpoint or resume the run")
+    manifest = Manifest(folder)
+    for output, remedy in ((TRAINING, "retrain with --force"), (CONSTRUCTION, "rebuild it with `interp construct`")):
+        manifest.verify(output, folder / MODEL, folder / MODEL_META, remedy=remedy)
     return model.eval(), cfg

@@ -15,8 +15,6 @@ by the filter on the same sequences, so ``relative_loss = loss / optimal`` compa
 from __future__ import annotations
 
 import math
-import shutil
-import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,9 +29,11 @@ from interp.hmm.blocked import BlockedHMM
 from interp.hmm.sampling import sample
 from interp.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl, write_tensors
 from interp.models import build_model, next_token_logits
-from interp.rundir import (CONFIG, METRICS, MODEL, MODEL_META, RESULT, TRAINING, Manifest, read_config,
-                           training_inputs, write_config)
-from interp.training.checkpoint import list_checkpoints, load_state, model_meta, save_checkpoint
+from interp.progress import watched
+from interp.rundir import (CHECKPOINT_PREFIX, CONFIG, LOCK, MARKER, METRICS, MODEL, MODEL_META, RESULT, TRAINING,
+                           Manifest, adopt, clear, read_config, training_inputs, write_config, writer)
+from interp.training.checkpoint import (latest_intact_checkpoint, list_checkpoints, load_state, model_meta,
+                                        save_checkpoint)
 from interp.training.runconfig import RunConfig, TrainConfig, run_config_from_dict
 
 _EVAL_BATCH = 4096
@@ -53,6 +53,20 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     frac = min((step - cfg.warmup_steps) / span, 1.0)
     shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def check_resumable_steps(old: TrainConfig, new: TrainConfig, checkpoints: list[Path]) -> None:
+    """``--resume`` with another ``train.steps`` continues the run only where that changes nothing already done:
+    the learning rate must not depend on the total (a constant schedule), and no checkpoint may lie past it."""
+    if new.steps == old.steps:
+        return
+    if old.schedule != "constant":
+        raise ValueError(f"--resume with --steps {new.steps}: the run was started with train.steps = {old.steps} and "
+                         f"a {old.schedule} learning-rate schedule, which depends on the total, so it cannot continue "
+                         f"the same schedule; resume with --steps {old.steps} or start again with --force")
+    done = max((int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in checkpoints), default=0)
+    if done > new.steps:
+        raise ValueError(f"--resume with --steps {new.steps}: the run already has a checkpoint at step {done}")
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -155,9 +169,9 @@ class Trainer:
     def _prepare_folder(self) -> Path | None:
         """Create or reuse the run folder; return the checkpoint to resume from, if any."""
         d = self.run_dir
-        exists = d.exists() and any(d.iterdir())
+        exists = any(p.name not in (LOCK, MARKER) for p in d.iterdir())
         if exists and self.force:
-            shutil.rmtree(d)
+            clear(d)
             exists = False
         if exists and not self.resume:
             raise RunExistsError(f"run folder {d} already exists; pass --resume to continue it or --force to overwrite it")
@@ -167,11 +181,12 @@ class Trainer:
                 if old.with_steps(1) != self.cfg.with_steps(1):
                     raise ValueError(f"--resume: the config differs from the one {d} was started with "
                                      "(only train.steps may change)")
+                check_resumable_steps(old.train, self.cfg.train, list_checkpoints(d))
             Manifest(d).forget(TRAINING)  # the final files are about to be rewritten
-        d.mkdir(parents=True, exist_ok=True)
+        adopt(d, "run", CONFIG)
         write_config(d, self.cfg.to_dict())
         ckpts = list_checkpoints(d) if exists else []
-        return ckpts[-1] if ckpts else None
+        return latest_intact_checkpoint(d, self.log) if ckpts else None  # a corrupt newest one is skipped
 
     # ------------------------------------------------------------------ data
     def _batches(self, hmm: HMM, gen: torch.Generator, start_step: int):
@@ -194,8 +209,12 @@ class Trainer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> TrainResult:
+        self.cfg.check_fits()
+        with writer(self.run_dir):  # one process trains (or --force empties) a folder at a time
+            return self._train(self._prepare_folder())
+
+    def _train(self, ckpt: Path | None) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
-        ckpt = self._prepare_folder()
         dtype = getattr(torch, t.dtype)
         hmm = cfg.process.build()
         dev_hmm = hmm.to(self.device)
@@ -222,7 +241,7 @@ class Trainer:
             self._record(metrics_path, 0, 0, 0.0, float("nan"), 0.0, evaluate(model, eval_set), eval_set)
         batches = self._batches(dev_hmm, gen, step)
         model.train()
-        bar = tqdm(total=t.steps, initial=step, desc=cfg.name, disable=not sys.stderr.isatty(),
+        bar = tqdm(total=t.steps, initial=step, desc=cfg.name, disable=not watched(),
                    dynamic_ncols=True, leave=False)
         train_loss, ev = float("nan"), None
         while step < t.steps:

@@ -102,6 +102,10 @@ def test_stale_cache_is_refused(runs, tmp_path):
     (run_dir / "model.safetensors").write_bytes(weights)
     assert main(["cache", str(run_dir)]) == 0
     write_json(run_dir / "model.json", {**meta, "config_hash": "1" * 16})
+    from interp.rundir import record  # as a retrain with another config records its files (else: corrupt)
+
+    record(run_dir, "train", {"config_hash": "1" * 16},
+           [run_dir / name for name in ("model.safetensors", "model.json", "result.json")])
     assert main(["cache", str(run_dir)]) == 0
     assert load_cache(run_dir).meta["config_hash"] == "1" * 16
 

@@ -131,7 +131,7 @@ def test_a_second_call_skips_every_finished_run(finished):
 
 def test_a_failed_run_is_reported_and_retried_by_the_next_call(finished, tmp_path):
     cfg, _, res, _ = finished
-    root = tmp_path / "tiny"
+    root = rundir.claim(tmp_path / "tiny", "sweep")  # a sweep folder the lab made, ...
     blocker = root / "runs" / "x=0.15_seed=1"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a run folder")  # the run cannot create its folder

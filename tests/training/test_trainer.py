@@ -213,10 +213,11 @@ def test_resume_with_a_changed_config_is_refused_and_changes_nothing(finished_ru
     assert snapshot(run_dir) == before
 
 
-def test_force_overwrites_an_existing_folder(tmp_path, finished_run):
+def test_force_overwrites_a_run_folder_the_lab_made(tmp_path, finished_run):
+    from interp.rundir import claim
+
     cfg, _ = finished_run
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    run_dir = claim(tmp_path / "run", "run")
     (run_dir / "stale.txt").write_text("from an older run")
     (run_dir / "metrics.jsonl").write_text('{"step": 99}\n')
     Trainer(cfg, run_dir, force=True).run()
