@@ -31,9 +31,10 @@ import json
 import math
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -879,17 +880,21 @@ DRAW = {"F1": f1_belief_simplex, "F2": f2_probe_geometry, "F3": f3_attention, "F
 
 # ----------------------------------------------------------------------------- the set
 def make_figures(inputs: FigureInputs, out_dir: str | Path, *, command: str,
-                 only: list[str] | None = None) -> dict[str, list[Path]]:
-    """Draw every figure (or those in ``only``, keys "F1".."F8") into ``out_dir`` and write ``out_dir/index.md``.
+                 only: list[str] | None = None, log: Callable[[str], None] = lambda msg: None) -> dict[str, list[Path]]:
+    """Draw every figure (or those in ``only``, keys "F1".."F8") into ``out_dir`` and write ``out_dir/index.md``;
+    ``log`` gets one line per figure, drawn or skipped.
 
-    Returns key -> the files written (png, pdf); a skipped figure maps to [] and index.md says why.
+    Returns key -> the files written (png, pdf); a skipped figure maps to [] and index.md says why. With ``only``,
+    index.md keeps what an earlier index.md in ``out_dir`` says of the figures not redrawn (and its header).
     Calling it twice on the same inputs writes the same bytes."""
     keys = list(FIGURES) if only is None else list(only)
     unknown = [k for k in keys if k not in FIGURES]
-    if unknown:
-        raise ValueError(f"unknown figure(s) {unknown}; choose among {list(FIGURES)}")
+    if unknown or not keys:
+        what = f"unknown figure(s) {', '.join(map(repr, unknown))}" if unknown else "no figure named"
+        raise ValueError(f"{what}; the figures are {', '.join(FIGURES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    header, before = _index_entries(out_dir / "index.md") if only is not None else (None, {})
     runs = _Runs(inputs)
     written: dict[str, list[Path]] = {}
     entries: dict[str, str] = {}
@@ -897,8 +902,10 @@ def make_figures(inputs: FigureInputs, out_dir: str | Path, *, command: str,
         for key in FIGURES:
             stem, title = FIGURES[key]
             if key not in keys:
-                entries[key] = f"## {key}: {title}\n\nNot drawn in this call (only {', '.join(keys)} were asked for).\n"
+                entries[key] = before.get(key) or (f"## {key}: {title}\n\nNot drawn in this call (only "
+                                                   f"{', '.join(keys)} were asked for).\n")
                 continue
+            t0 = time.perf_counter()
             try:
                 with style.figure_style():
                     drawn = DRAW[key](inputs, runs)
@@ -907,7 +914,9 @@ def make_figures(inputs: FigureInputs, out_dir: str | Path, *, command: str,
                 plt.close("all")
                 written[key] = []
                 entries[key] = f"## {key}: {title}\n\nNot drawn: {why}.\n"
+                log(f"[{'figures':<24}] {key} {stem}: not drawn ({why})")
                 continue
+            log(f"[{'figures':<24}] {key} {stem}: drawn in {time.perf_counter() - t0:.1f} s")
             sources = list(dict.fromkeys(str(p) for p in drawn.sources))
             entries[key] = (f"## {key}: {title}\n\n![{key}]({stem}.png)\n\n{drawn.caption}\n\n"
                             f"Made by `{command}` from {_src(sources)}. Files: [{stem}.png]({stem}.png), "
@@ -916,9 +925,25 @@ def make_figures(inputs: FigureInputs, out_dir: str | Path, *, command: str,
         runs.release()
     index = ["# Figures", "", f"Made by `{command}`. Every figure is a PNG (shown) and a PDF; the numbers in the "
              f"captions are read from, or measured on, the run folders named under each.", ""]
+    index = [header] if header is not None and before else index
     index += [entries[k] for k in FIGURES]
     style.write_bytes(out_dir / "index.md", "\n".join(index).encode())
     return written
+
+
+def _index_entries(path: Path) -> tuple[str | None, dict[str, str]]:
+    """The header and the per-figure entries of an index.md that :func:`make_figures` wrote (none if absent)."""
+    import re
+
+    if not path.is_file():
+        return None, {}
+    header, *parts = re.split(r"(?m)^(?=## F\d+: )", path.read_text())
+    entries = {}
+    for part in parts:
+        key = part[3:].split(":", 1)[0]
+        if key in FIGURES:
+            entries[key] = part.rstrip("\n") + "\n"  # as written: one newline, the join adds the blank line
+    return header.removesuffix("\n"), entries
 
 
 def _label_path(text: str) -> tuple[str, Path]:
@@ -950,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
     only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
     command = "python -m interp.figures.paper " + shlex.join(argv)
     try:
-        written = make_figures(inputs, args.out, command=command, only=only)
+        written = make_figures(inputs, args.out, command=command, only=only,
+                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as err:
         print(f"figures.py: error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ and the comparison table across runs. Each step reads the run's activation cache
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from interp.interpret import construction as K
 from interp.interpret.cache import ActivationCache, build_cache, cache_is_fresh, load_cache, run_fingerprint
 from interp.interpret.causal import causal_check
 from interp.interpret.probes import best_hook, probe_hooks
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_json, read_tensors, temp_dir, write_json, write_tensors
+from interp.progress import progress, quiet
 from interp.rundir import (COMPARE_JSON, COMPARE_MD, CONFIG, CONSTRUCTION, MODEL, MODEL_META, PROBE, PROBE_WEIGHTS,
-                           PROBES, RESULT, Manifest, write_config)
+                           PROBES, RESULT, Manifest, claim, write_config)
 
 PROBE_FORMAT = 3  # bump when what probe.json holds or how it is computed changes: older files are redone
 CONCAT = "all_layers"
@@ -67,7 +69,7 @@ class ProbeResult:
 
 
 def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float = 0.0, seed: int = 0,
-              causal_points: int = 2000, device="cpu", log=lambda msg: None) -> ProbeResult:
+              causal_points: int = 2000, device="cpu", log=quiet) -> ProbeResult:
     """Fit belief probes on every residual hook and on all of them concatenated; causal check on the best.
 
     Writes ``probe.json`` (scores) and ``probe.safetensors`` (``{hook}.coef`` [S, d], ``{hook}.intercept``), and
@@ -77,18 +79,33 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
     run_dir = Path(run_dir)
     cache = ensure_cache(run_dir, device=device, log=log)
     hooks = residual_hooks(cache)
+    if not hooks:
+        raise ValueError(f"{run_dir}: its activation cache holds no residual-stream hook to probe")
     acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks}
-    results = probe_hooks(acts, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge, seed=seed,
-                          concat_name=CONCAT, concat_hooks=hooks)
+    n_seq, n_pos = cache.beliefs.shape[:2]
+    log(f"{run_dir}: probes on {len(hooks)} hooks and on all of them concatenated ({n_seq} sequences x {n_pos} "
+        f"positions, {test_fraction:.0%} held out)")
+    t0 = time.perf_counter()
+    results = {}
+    for h in progress([*hooks, CONCAT], log, f"{run_dir.name}: probe"):
+        x = torch.cat([acts[k] for k in hooks], -1) if h == CONCAT else acts[h]
+        # one hook per call, with probe_hooks' own split and shuffle (both from ``seed``), so each can be reported
+        results[h] = probe_hooks({h: x}, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge,
+                                 seed=seed, concat_name="", concat_hooks=[])[h]
     # the best residual-stream hook: an SSM's state alone misses the current token, which reaches the
     # output through the skip path, so steering the state cannot move the model as a belief change would
     best = best_hook({h: r for h, r in results.items() if "hook_state" not in h})
+    log(f"{run_dir}: {len(results)} probes in {time.perf_counter() - t0:.1f} s; best hook {best} "
+        f"(R^2 {results[best][1].r2:.4f}); causal check there at {min(causal_points, n_seq * n_pos)} points")
+    t0 = time.perf_counter()
     model, cfg = load_model(run_dir, device=device)
     hmm = cfg.process.build()
     probe = results[best][0]
     causal = causal_check(model, cache.tokens, cache.beliefs, acts[best], probe.coef_, probe.intercept_,
                           hmm.emission_matrix, hook=best, n_points=causal_points,
                           generator=torch.Generator().manual_seed(seed), bos_token=cache.meta.get("bos_token"))
+    log(f"{run_dir}: causal check in {time.perf_counter() - t0:.1f} s; KL to the target belief's prediction "
+        f"{causal['kl_target_before']:.2e} before the move, {causal['kl_target_after']:.2e} after")
     out = ProbeResult(
         format=PROBE_FORMAT, run=cfg.name, family=cfg.model.family, **run_fingerprint(run_dir),
         evaluation_set="every sequence, weighted by probability" if cache.exhaustive else "sampled sequences",
@@ -124,6 +141,14 @@ def load_probe_result(run_dir: Path) -> ProbeResult | None:
     if not Manifest(run_dir).is_fresh(PROBES, probe_inputs(run_dir)):
         return None
     return ProbeResult.from_dict(read_json(run_dir / PROBE))
+
+
+def load_probe_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """probe.safetensors (``{hook}.coef``, ``{hook}.intercept``), checked against the SHA-256 the run's manifest
+    recorded for it."""
+    path = Path(run_dir) / PROBE_WEIGHTS
+    Manifest(run_dir).verify(PROBES, path, remedy=f"refit the probes with `interp probe {run_dir}`")
+    return read_tensors(path)
 
 
 def attention_summary(cache: ActivationCache, hmm, *, fitted_decay: float | None = None) -> list[dict]:
@@ -272,7 +297,7 @@ def analyse_run(run_dir: str | Path, *, construction: dict | None = None, device
         row["ssm"] = ssm_summary(model, cache, hmm)
         hook = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
         if len(model.blocks) == 1:
-            coef = read_tensors(Path(run_dir) / PROBE_WEIGHTS)[f"{hook}.coef"]
+            coef = load_probe_weights(run_dir)[f"{hook}.coef"]
             row["ssm"][0]["effective"] = ssm_effective_decay(model, coef, hmm, cfg.train.context - 1)
     if cfg.model.family == "belief_net":
         row["belief_net"] = belief_net_summary(model, hmm)
@@ -397,7 +422,6 @@ def build_construction_run(process: dict, context: int, out_dir: str | Path, *, 
     The folder's manifest records it as the output ``construction`` of :func:`construction_inputs`."""
     import os
     import shutil
-    import tempfile
 
     from interp.hmm import beliefs as exact_beliefs
     from interp.interpret.cache import evaluation_set
@@ -444,8 +468,9 @@ def build_construction_run(process: dict, context: int, out_dir: str | Path, *, 
                 "both over positions 1..L-1 of the evaluation set, weighted by sequence probability",
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
+    tmp = temp_dir(out_dir.parent, f".{out_dir.name}.tmp_")
     try:
+        claim(tmp, "construction")
         write_tensors(tmp / MODEL, model.state_dict())
         write_json(tmp / MODEL_META, {**model_meta(cfg, V), "construction": construction})
         write_config(tmp, cfg.to_dict())

@@ -22,7 +22,7 @@ from transformer_lens.hook_points import HookPoint
 
 from interp.hmm import HMM, EmissionForm, LogitGradient, log_likelihood_gradient
 from interp.hmm import log_likelihood as exact_log_likelihood
-from interp.models.configs import BELIEF_NET_INITS, BeliefNetConfig, check_belief_net_init
+from interp.models.configs import BeliefNetConfig, check_belief_net_init
 from interp.models.hooks import recurrent_hook
 
 # Probabilities below this become logits of log(1e-13) ~ -30 when starting at known parameters: exact to 1e-13,

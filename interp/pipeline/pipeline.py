@@ -12,7 +12,9 @@
     runs/<name>/manifest.json       per pipeline stage (compare, figures): the fingerprint of its inputs, the
                                     hashes of its files and its last time (each run folder keeps its own)
 
-and regenerates the figure set (``paper_figs/`` by default). A stage whose inputs did not change and whose
+and draws the figure set into ``runs/<name>/figures/`` (``[figures] out`` or ``--figures`` to choose; the embedded
+default of ``interp run`` draws into ``paper_figs/``). ``interp run --quick`` runs the same pipeline at small
+sizes (:func:`quick_config`) into ``runs/<name>_quick/``. A stage whose inputs did not change and whose
 outputs are intact is reused; an interrupted training resumes from its last checkpoint (bit-identical),
 an interrupted recovery study from its last finished seed. Independent stages run in a pool of spawned
 worker processes with one thread each, so the results do not depend on how the work was scheduled.
@@ -27,22 +29,25 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from interp.config import check_folder_name, inherits, load, load_config, shared, tag_from_key, to_dict
+from interp.config import (check_folder_name, check_relative_path, inherits, load, load_config, shared, tag_from_key,
+                           to_dict)
 from interp.io import fingerprint, read_json, sha256_file, write_json
 from interp.models.configs import ModelConfig
 from interp.rundir import (COMPARE_JSON, COMPARE_MD, COMPARE_STAGE, CONSTRUCTION, FIGURES_STAGE, PIPELINE,
-                           RECOVERY, RESULT, SUMMARY, Manifest, PipelineLayout, recorded_outputs)
+                           RECOVERY, RESULT, SUMMARY, Manifest, PipelineLayout, adopt, recorded_outputs, writer)
 from interp.studies.jobs import probed, run_jobs, train_and_probe, trained
 from interp.studies.recovery import RecoveryConfig
-from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig
+from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, check_fits
 
 FAMILY_ORDER = ("transformer", "fixed_attention", "ssm", "belief_net")
 
 DEFAULT_CONFIG = "default.toml"  # package data: the pipeline of `make run` and of `interp run` with no file
+DEFAULT_FIGURES = "paper_figs"  # where `interp run` with no file draws (the tracked figure set); no other pipeline
 
 
-class StageError(RuntimeError):
-    """A stage of the pipeline failed (the others ran; their outputs are kept for the next run)."""
+class StageError(ValueError, RuntimeError):
+    """A stage of the pipeline failed (the others ran; their outputs are kept for the next run). A ValueError, so
+    that the command line reports it in one line without importing this module first."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -82,14 +87,23 @@ class GeometryConfig:
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         labels = [p.label for p in self.processes]
+        slugs = [_slug(label) for label in labels]  # each names a run folder: two alike would share one
         for i, label in enumerate(labels):
-            if labels.index(label) != i or not _slug(label):
+            if labels.index(label) != i or not slugs[i]:
                 raise ValueError(f"processes[{i}]: label {label!r} is empty or used twice")
+            if slugs.index(slugs[i]) != i:
+                raise ValueError(f"processes[{i}]: label {label!r} names the same folder ({slugs[i]!r}) as "
+                                 f"{labels[slugs.index(slugs[i])]!r}")
 
 
 @dataclass(frozen=True)
 class FiguresConfig:
-    out: str = "paper_figs"  # the folder the figure set is written to
+    # the folder the figure set is written to (relative to where `interp run` runs); None: <pipeline folder>/figures
+    out: str | None = None
+
+    def __post_init__(self):
+        if self.out is not None:  # --figures on the command line is the user's and is not checked
+            check_relative_path(self.out, "out")
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,8 @@ class PipelineConfig:
 
     def __post_init__(self):
         check_folder_name(self.name)
+        if self.seed < 0:  # refused here, not as every model's error
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.models:
             raise ValueError("models must hold at least one [models.<family>] table")
         for family, entry in self.models.items():
@@ -130,8 +146,9 @@ class PipelineConfig:
             entry = self.models[geo.model]
             if geo.steps is not None:
                 entry = replace(entry, train=replace(entry.train, steps=geo.steps))
+            # the pipeline's module is imported for these too: it may register them
             geometry[p.label] = self._run(_slug(p.label), f"geometry.processes[{i}]", entry,
-                                          ProcessConfig(p.name, p.params))
+                                          ProcessConfig(p.name, p.params, self.process.module))
         object.__setattr__(self, "runs", runs)
         object.__setattr__(self, "geometry_runs", geometry)
 
@@ -148,7 +165,7 @@ class PipelineConfig:
         return next(iter(self.runs.values())).train.context
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        return {**to_dict(self), "process": self.process.to_dict()}
 
 
 def _slug(label: str) -> str:
@@ -168,10 +185,85 @@ def default_pipeline_config() -> PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    return load_config(path, PipelineConfig)
+    cfg = load_config(path, PipelineConfig)
+    check_fits(path, [*cfg.runs.values(), *cfg.geometry_runs.values()])
+    return cfg
+
+
+# ----------------------------------------------------------------------------- quick mode
+QUICK_SUFFIX = "_quick"  # a quick pipeline's (or sweep's) name, and so its folder: runs/<name>_quick/
+QUICK_STEPS = 60  # training steps of every model (and the geometry models) in a quick pipeline
+QUICK_CAPS = {"steps": QUICK_STEPS, "batch_size": 128, "eval_sequences": 512, "dataset_size": 4096}
+QUICK_PROBE_SEQUENCES = 4096  # a quick pipeline's context is cut until its exhaustive evaluation set is this small
+QUICK_MIN_CONTEXT = 4
+
+
+def quick_train(train: dict) -> dict:
+    """A train table (``TrainConfig.to_dict()``) at quick sizes: :data:`QUICK_CAPS` as upper bounds, evaluated
+    four times, one checkpoint at the end, warm-up at most a tenth of the steps."""
+    out = {**train, **{key: min(train[key], cap) for key, cap in QUICK_CAPS.items()}}
+    steps = out["steps"]
+    return {**out, "eval_every": max(1, steps // 4), "checkpoint_every": steps,
+            "warmup_steps": min(train["warmup_steps"], steps // 10)}
+
+
+def quick_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The same pipeline at small sizes, to try a config end to end before the real run (``interp run --quick``).
+
+    What changes: the name gains ``_quick`` (so its folder is another) and the figures go into that folder's
+    ``figures/`` (``figures.out`` is dropped); every model, the geometry models included, trains at
+    :func:`quick_train` sizes (at most :data:`QUICK_STEPS` steps, batches of at most 128, at most 512 held-out
+    sequences, a fixed dataset of at most 4096 sequences); the context is cut (to no less than
+    :data:`QUICK_MIN_CONTEXT`) until the process has at most :data:`QUICK_PROBE_SEQUENCES` sequences of that length,
+    which are the points the activation caches, probes, compare stage and figures run over (every sequence, weighted
+    by its probability: 2187 for Mess3 at context 7 instead of 59049 at 10; a process with more tokens is sampled,
+    20000 sequences, as in the real run); the recovery study runs its first seed only, on at most 200 training and
+    100 held-out sequences, the Belief Net for at most 40 steps with one restart, Baum-Welch for at most 20
+    iterations, an ablation's restarts at most 2. The process, the models' shapes and every other choice are the
+    config's own (the config itself was checked when it was loaded)."""
+    data = cfg.to_dict()
+    data["name"] = cfg.name + QUICK_SUFFIX
+    data["figures"] = {**data["figures"], "out": None}
+    context, n_tokens = cfg.context, cfg.process.build().n_tokens
+    while context > QUICK_MIN_CONTEXT and n_tokens**context > QUICK_PROBE_SEQUENCES:
+        context -= 1
+    data["train"] = {**quick_train(data["train"]), "context": min(data["train"]["context"], context)}
+    for entry in data["models"].values():
+        entry["train"] = {**quick_train(entry["train"]), "context": context}
+    if data["geometry"]["steps"] is not None:
+        data["geometry"]["steps"] = min(data["geometry"]["steps"], QUICK_STEPS)
+    rec = data.get("recovery")
+    if rec is not None:
+        rec["seeds"] = rec["seeds"][:1]
+        rec["data"] = {**rec["data"], "n_train": min(rec["data"]["n_train"], 200),
+                       "n_heldout": min(rec["data"]["n_heldout"], 100)}
+        bn = rec["belief_net"]
+        rec["belief_net"] = {**bn, "max_steps": min(bn["max_steps"], 40), "eval_every": min(bn["eval_every"], 10),
+                             "restarts": 1}
+        rec["baum_welch"] = {**rec["baum_welch"], "max_iter": min(rec["baum_welch"]["max_iter"], 20)}
+        rec["ablation"] = {**rec["ablation"], "restarts": min(rec["ablation"]["restarts"], 2)}
+    return pipeline_config_from_dict(data)
 
 
 # ----------------------------------------------------------------------------- layout
+FIGURES_FOLDER = "figures"  # a pipeline's own figure folder, inside its folder
+
+
+def figures_folder(cfg: PipelineConfig, root: str | Path) -> Path:
+    """Where a pipeline draws its figures unless told otherwise: its ``figures.out``, else its own folder's
+    ``figures/`` (only the embedded default pipeline of ``interp run`` draws into paper_figs)."""
+    return Path(cfg.figures.out) if cfg.figures.out is not None else Path(root) / FIGURES_FOLDER
+
+
+def drawn_figures_folder(root: str | Path) -> Path | None:
+    """Where the pipeline in ``root`` last drew its figures, as its manifest records them (None if never)."""
+    import os
+
+    rec = Manifest(Path(root)).entry(FIGURES_STAGE)
+    index = [f for f in (rec or {}).get("files", {}) if f.rsplit("/", 1)[-1] == "index.md"]
+    return Path(os.path.normpath(Path(root) / index[0])).parent if index else None
+
+
 def figure_inputs(cfg: PipelineConfig, root: Path):
     """What the figure scripts read, from a pipeline's folder (only the parts that exist)."""
     lay = PipelineLayout(Path(root))
@@ -194,11 +286,13 @@ def figure_fingerprint() -> str:
                         "sources": {p.name: sha256_file(p) for p in sorted(folder.glob("*.py"))}})
 
 
-def draw_figures(inputs: dict, out_dir: Path, *, command: str) -> list[str]:
-    """Every figure into ``out_dir``; the names of the files written (index.md included)."""
+def draw_figures(inputs: dict, out_dir: Path, *, command: str, only: list[str] | None = None,
+                 log: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """Every figure (or those in ``only``, e.g. ["F2", "F8"]) into ``out_dir``; the names of the files written
+    (index.md included). ``log`` gets a line per figure."""
     from interp.figures.paper import FigureInputs, make_figures
 
-    written = make_figures(FigureInputs(**inputs), Path(out_dir), command=command)
+    written = make_figures(FigureInputs(**inputs), Path(out_dir), command=command, only=only, log=log)
     names = {Path(p).name for paths in written.values() for p in paths}
     return sorted(names | {"index.md"})
 
@@ -259,7 +353,7 @@ class Pipeline:
         if workers < 0:
             raise ValueError(f"--workers must be >= 0, got {workers}")
         self.cfg, self.lay = cfg, PipelineLayout(Path(out_dir))
-        self.figures_dir = Path(figures_dir if figures_dir is not None else cfg.figures.out)
+        self.figures_dir = Path(figures_dir) if figures_dir is not None else figures_folder(cfg, out_dir)
         self.device, self.workers, self.figures, self.log = device, workers, figures, log
         self.manifest = Manifest(self.lay.root)  # the pipeline's own stages; each run folder keeps its own
 
@@ -283,7 +377,7 @@ class Pipeline:
                 jobs.append((f"geometry {run.name}", train_and_probe, (run.to_dict(), str(d), dev)))
         from interp.interpret.analyse import construction_inputs
 
-        proc = {"name": cfg.process.name, "params": dict(cfg.process.params)}
+        proc = cfg.process.to_dict()  # its module only when it has one: the construction's fingerprint is kept
         built = Manifest(lay.construction).is_fresh(CONSTRUCTION,
                                                     construction_inputs(proc, cfg.context, cfg.construction.decay))
         if not (built and probed(lay.construction)):
@@ -347,7 +441,8 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         self.manifest.forget(FIGURES_STAGE)
-        written = draw_figures(inputs, self.figures_dir, command=self.command)
+        written = draw_figures(inputs, self.figures_dir, command=self.command,
+                               log=lambda msg: self._say("figures", msg))
         self.manifest.record(FIGURES_STAGE, depends, [self.figures_dir / name for name in written],
                              seconds=round(time.perf_counter() - t0, 2))
         self._say("figures", f"{len(written)} files -> {self.figures_dir}", time.perf_counter() - t0)
@@ -355,6 +450,13 @@ class Pipeline:
     command = "interp run"
 
     def run(self) -> PipelineSummary:
+        for run in [*self.cfg.runs.values(), *self.cfg.geometry_runs.values()]:
+            run.check_fits()
+        with writer(self.lay.root):  # one pipeline writes a folder at a time
+            adopt(self.lay.root, "pipeline", PIPELINE)
+            return self._run()
+
+    def _run(self) -> PipelineSummary:
         t_all = time.perf_counter()
         root = self.lay.root
         saved = root / PIPELINE

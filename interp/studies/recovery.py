@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from interp import hmm as H
-from interp.config import ConfigError, load, load_config, to_dict
+from interp.config import ConfigError, check_folder_name, load, load_config, to_dict
 from interp.hmm.filtering import flush_denormals
 from interp.hmm.matching import parameter_errors
 from interp.models.belief_net import BeliefNet, initial_logits
-from interp.models.configs import check_belief_net_init
+from interp.models.configs import check_belief_net_init, check_init_scale
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ class RecoveryConfig:
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
     def __post_init__(self):
+        check_folder_name(self.name)
         for key, v in (("hmm.n_states", self.hmm.n_states), ("hmm.n_tokens", self.hmm.n_tokens),
                        ("data.n_train", self.data.n_train), ("data.n_heldout", self.data.n_heldout),
                        ("belief_net.max_steps", self.belief_net.max_steps),
@@ -133,6 +134,16 @@ class RecoveryConfig:
                               f"moment entries, over the {SPECTRAL_MAX_ENTRIES:,} allowed")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
+        for i, seed in enumerate(self.seeds):
+            if seed < 0:  # the true HMM's generator refuses it, deep inside the study
+                raise ConfigError(f"seeds[{i}] must be >= 0, got {seed}")
+            if seed in self.seeds[:i]:  # each seed's results are stored by seed: a repeat is not a new sample
+                raise ConfigError(f"seeds lists {seed} twice (seeds[{self.seeds.index(seed)}] and seeds[{i}])")
+        check_init_scale(self.belief_net.init_scale, "belief_net.init_scale")
+        for i, scale in enumerate(self.ablation.random_scales):
+            check_init_scale(scale, f"ablation.random_scales[{i}]")
+        if self.ablation.restarts < 0:
+            raise ConfigError(f"ablation.restarts must be >= 0, got {self.ablation.restarts}")
         for key, v in (("epsilon", self.epsilon), ("belief_net.lr", self.belief_net.lr),
                        ("belief_net.max_seconds", self.belief_net.max_seconds),
                        ("baum_welch.max_seconds", self.baum_welch.max_seconds)):
@@ -443,13 +454,12 @@ def prepare_study(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fal
 
     The seed list is not part of a study's identity: every seed's result depends only on the rest of the
     config, so a study run on ``--seeds 2`` grows to ten seeds later without redoing the first two."""
-    import shutil
-
-    from interp.rundir import CONFIG, read_config, write_config
+    from interp.rundir import CONFIG, adopt, clear, read_config, write_config
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and force:
-        shutil.rmtree(out_dir)
+    if force:
+        clear(out_dir)
+    adopt(out_dir, "recovery", CONFIG)
     if (out_dir / CONFIG).exists():
         # read back through the config class, so that a field added since (at its default) is no change
         old = {k: v for k, v in recovery_config_from_dict(read_config(out_dir)).to_dict().items() if k != "seeds"}
@@ -470,10 +480,12 @@ def run_recovery_seed(cfg: RecoveryConfig, seed: int, out_dir: str | Path, *,
     if seed_done(cfg, seed, out_dir):
         log(f"seed {seed}: done before, reused")
         return RecoverySeed.from_dict(read_json(path))
+    t0 = time.perf_counter()
     with flush_denormals():  # tiny forward-filter values otherwise slow every step several-fold
         res = run_seed(cfg, seed, log=log)
     write_json(path, res.to_dict())
     Manifest(out_dir).record(seed_output(seed), seed_inputs(cfg, seed), [path])
+    log(f"seed {seed}: {len(res.methods)} methods fitted in {time.perf_counter() - t0:.1f} s -> {path}")
     return res
 
 
@@ -481,10 +493,14 @@ def run_recovery(cfg: RecoveryConfig, out_dir: str | Path, *, force: bool = Fals
                  log: Callable[[str], None] = lambda m: None) -> dict:
     """Every seed of ``cfg`` (each saved on completion, so an interrupted study resumes), then recovery.json."""
     from interp.io import write_json
-    from interp.rundir import RECOVERY
+    from interp.rundir import RECOVERY, writer
 
-    out_dir = prepare_study(cfg, out_dir, force=force)
-    results = [run_recovery_seed(cfg, seed, out_dir, log=log) for seed in cfg.seeds]
-    out = {"config": cfg.to_dict(), "summary": aggregate(results), "seeds": [r.to_dict() for r in results]}
-    write_json(out_dir / RECOVERY, out)
+    with writer(out_dir):
+        out_dir = prepare_study(cfg, out_dir, force=force)
+        results = []
+        for i, seed in enumerate(cfg.seeds, 1):
+            log(f"recovery: seed {seed} ({i} of {len(cfg.seeds)})")
+            results.append(run_recovery_seed(cfg, seed, out_dir, log=log))
+        out = {"config": cfg.to_dict(), "summary": aggregate(results), "seeds": [r.to_dict() for r in results]}
+        write_json(out_dir / RECOVERY, out)
     return out

@@ -41,16 +41,17 @@ from typing import Callable
 from interp.config import ConfigError, check_folder_name, load, load_config, to_dict
 from interp.io import read_json, write_json
 from interp.models.configs import ModelConfig
-from interp.rundir import PROBE, RESULT, RESULTS_JSON, RESULTS_MD, SWEEP, SWEEP_RUNS
+from interp.rundir import PROBE, RESULT, RESULTS_JSON, RESULTS_MD, SWEEP, SWEEP_RUNS, adopt, writer
 from interp.studies.jobs import done, init_worker, run_jobs, train_and_probe
-from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, run_config_from_dict
+from interp.training.runconfig import ProcessConfig, RunConfig, TrainConfig, check_fits, run_config_from_dict
 
 EXECUTORS = ("pool", "slurm", "local", "debug")  # pool: our process pool; the rest: submitit's executors
 METRICS = ("relative_loss", "probe_r2", "eval_loss", "optimal_loss")
 
 
-class SweepError(RuntimeError):
-    """Some runs of the sweep failed (the others are kept; the next call retries the failed ones)."""
+class SweepError(ValueError, RuntimeError):
+    """Some runs of the sweep failed (the others are kept; the next call retries the failed ones). A ValueError, so
+    that the command line reports it in one line without importing this module first."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,13 @@ class SweepConfig:
         check_folder_name(self.name)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)!r}")
+        for i, seed in enumerate(self.seeds):
+            if seed < 0:
+                raise ValueError(f"seeds[{i}] must be >= 0, got {seed}")
         for key, values in self.grid.items():
-            if key.split(".")[0] not in ("process", "model", "train") or len(key.split(".")) < 2:
+            # every part a Python name (fields and process parameters are): the key names the run folders
+            parts = key.split(".")
+            if parts[0] not in ("process", "model", "train") or len(parts) < 2 or not all(map(str.isidentifier, parts)):
                 raise ValueError(f"grid key {key!r} must name a field of process, model or train "
                                  f"(e.g. 'process.params.x', 'model.d_model', 'train.lr')")
             if key == "model.family":
@@ -96,7 +102,7 @@ class SweepConfig:
         return list(self.grid)
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        return {**to_dict(self), "process": self.process.to_dict()}
 
     def _points(self):
         """Every point is a valid run config or the error names it."""
@@ -147,7 +153,32 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    return load_config(path, SweepConfig)
+    cfg = load_config(path, SweepConfig)
+    check_fits(path, [p.config for p in cfg.points])
+    return cfg
+
+
+def quick_sweep_config(cfg: SweepConfig) -> SweepConfig:
+    """The same sweep at small sizes, to try it end to end before the real one (``interp sweep --quick``).
+
+    What changes: the name gains ``_quick`` (so its folder is another); only the first seed runs; the base train
+    table is cut to quick sizes (``interp.pipeline.pipeline.quick_train``: at most 60 steps, batches of at most 128,
+    at most 512 held-out sequences), and so are grid values of those keys (a value that becomes another's is kept
+    once). The grid, the process and the model are the sweep's own."""
+    from interp.pipeline.pipeline import QUICK_CAPS, QUICK_SUFFIX, quick_train
+
+    data = cfg.to_dict()
+    data["name"] = cfg.name + QUICK_SUFFIX
+    data["seeds"] = list(cfg.seeds[:1])
+    data["train"] = quick_train(data["train"])
+    grid = {}
+    for key, values in cfg.grid.items():
+        field_name = key.removeprefix("train.")
+        if key.startswith("train.") and field_name in QUICK_CAPS:
+            values = list(dict.fromkeys(min(v, QUICK_CAPS[field_name]) if type(v) is int else v for v in values))
+        grid[key] = values
+    data["grid"] = grid
+    return sweep_config_from_dict(data)
 
 
 # ----------------------------------------------------------------------------- results
@@ -275,8 +306,14 @@ class Sweep:
                 for p in self.cfg.points if not done(p.config, self.run_dir(p))]
 
     def run(self) -> dict:
+        for point in self.cfg.points:
+            point.config.check_fits()
+        with writer(self.root):  # one sweep writes a folder at a time
+            adopt(self.root, "sweep", SWEEP)
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
-        self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.root / SWEEP, {"config": cfg.to_dict(), "points": [
             {"name": p.name, "values": p.values, "seed": p.seed, "config_hash": p.config.hash()} for p in cfg.points]})
         jobs = self.jobs()
