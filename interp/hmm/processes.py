@@ -148,7 +148,8 @@ def get_process(name: str, **params) -> HMM:
         raise ValueError(f"process {name!r}: bad parameter value ({err})") from err
     bound = inspect.signature(fn).bind(**params)
     bound.apply_defaults()
-    hmm.name, hmm.params = name, dict(bound.arguments)
+    # a parameter left at None follows another (rrxor's p1, p2 follow p): its label shows the one that was set
+    hmm.name, hmm.params = name, {k: v for k, v in bound.arguments.items() if v is not None}
     return hmm
 
 
@@ -175,20 +176,41 @@ def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
     return HMM(T)
 
 
-@register("rrxor")
-def rrxor(p: float = 0.5) -> HMM:
-    """Random-random-XOR: two random bits (1 with probability p), then their XOR.
+def _rrxor_T(p1: float, p2: float) -> torch.Tensor:
+    T = torch.zeros(2, 5, 5, dtype=torch.float64)
+    T[0, 0, 1], T[1, 0, 2] = 1 - p1, p1
+    T[0, 1, 4], T[1, 1, 3] = 1 - p2, p2  # 0 xor 0 = 0, 0 xor 1 = 1
+    T[0, 2, 3], T[1, 2, 4] = 1 - p2, p2  # 1 xor 0 = 1, 1 xor 1 = 0
+    T[1, 3, 0] = 1.0
+    T[0, 4, 0] = 1.0
+    return T
 
+
+@register("rrxor")
+def rrxor(p: float = 0.5, p1: float | None = None, p2: float | None = None) -> HMM:
+    """Random-random-XOR: two random bits (the first 1 with probability p1, the second with p2), then their XOR.
+
+    ``p1`` and ``p2`` default to ``p`` (``rrxor(p=x)`` is both bits 1 with probability x). They are P(1);
+    simplexity's ``rrxor(p1, p2)`` and epsilon-transformers' ``RRXOR(pR1, pR2)`` take P(0), so theirs is
+    ``rrxor(p1=1 - p1, p2=1 - p2)`` here, with the same tokens and the same state order.
     States: 0 start, 1 saw a 0, 2 saw a 1, 3 "XOR is 1", 4 "XOR is 0".
     """
     p = _probability(p, "p")
-    T = torch.zeros(2, 5, 5, dtype=torch.float64)
-    T[0, 0, 1], T[1, 0, 2] = 1 - p, p
-    T[0, 1, 4], T[1, 1, 3] = 1 - p, p  # 0 xor 0 = 0, 0 xor 1 = 1
-    T[0, 2, 3], T[1, 2, 4] = 1 - p, p  # 1 xor 0 = 1, 1 xor 1 = 0
-    T[1, 3, 0] = 1.0
-    T[0, 4, 0] = 1.0
-    return HMM(T)
+    p1 = p if p1 is None else _probability(p1, "p1")
+    p2 = p if p2 is None else _probability(p2, "p2")
+    return HMM(_rrxor_T(p1, p2))
+
+
+@register("leaky_rrxor")
+def leaky_rrxor(p1: float = 0.5, p2: float = 0.5, eps: float = 0.1) -> HMM:
+    """RRXOR mixed with uniform noise: ``T = (1 - eps) T_rrxor(p1, p2) + eps / 10`` on every (token, state) pair.
+
+    ``p1``, ``p2`` are P(1) of the two random bits as in ``rrxor``; ``eps`` in [0, 1] is the leak (0: RRXOR,
+    1: fair i.i.d. bits). Simplexity's ``leaky_rrxor(p1, p2, epsilon)`` takes P(0): it is
+    ``leaky_rrxor(1 - p1, 1 - p2, epsilon)`` here. Every word has positive probability once ``eps > 0``.
+    """
+    p1, p2, eps = _probability(p1, "p1"), _probability(p2, "p2"), _probability(eps, "eps")
+    return HMM((1 - eps) * _rrxor_T(p1, p2) + eps / 10)
 
 
 @register("z1r")
@@ -206,15 +228,21 @@ def z1r(p: float = 0.5) -> HMM:
 
 
 @register("golden_mean")
-def golden_mean(p: float = 0.5) -> HMM:
-    """Golden mean process: binary sequences with no two consecutive 0s.
+def golden_mean(p: float = 0.5, R: int = 1, k: int = 1) -> HMM:
+    """Golden mean process, the (R, k) generalisation: 0s in runs of exactly R, 1s in runs of at least k.
 
-    State 0 emits 1 (stay) with probability p or 0 (go to state 1) with 1 - p; state 1 must emit 1.
+    R = k = 1 (the default) is the golden mean: no two consecutive 0s. States 0..R+k-1: state 0 emits 1 (stay)
+    with probability p or 0 (go to state 1) with 1 - p; states 1..R-1 emit 0, states R..R+k-1 emit 1, each
+    moving to the next (the last back to 0). Tokens are exchanged against epsilon-transformers'
+    ``GoldenMean(R, k, p)`` (R 1s, at least k 0s): theirs is ``golden_mean(1 - p, R, k)`` here with 0 <-> 1,
+    and simplexity's ``no_consecutive_ones(p)`` is ``golden_mean(1 - p)`` with 0 <-> 1.
     """
-    p = _probability(p, "p")
-    T = torch.zeros(2, 2, 2, dtype=torch.float64)
+    p, R, k = _probability(p, "p"), _check_size(R, "R"), _check_size(k, "k")
+    n = R + k
+    T = torch.zeros(2, n, n, dtype=torch.float64)
     T[1, 0, 0], T[0, 0, 1] = p, 1 - p
-    T[1, 1, 0] = 1.0
+    for i in range(1, n):
+        T[0 if i < R else 1, i, (i + 1) % n] = 1.0
     return HMM(T)
 
 
@@ -229,6 +257,113 @@ def even(p: float = 0.5) -> HMM:
     T[0, 0, 0], T[1, 0, 1] = p, 1 - p
     T[1, 1, 0] = 1.0
     return HMM(T)
+
+
+@register("coin")
+def coin(p: float = 0.5) -> HMM:
+    """A biased coin: independent tokens, 1 with probability p (1 state, 2 tokens).
+
+    ``p`` is P(1), as in ``rrxor`` and ``z1r``; simplexity's ``coin(p)`` takes P(0): it is ``coin(1 - p)`` here.
+    """
+    p = _probability(p, "p")
+    return HMM(torch.tensor([[[1 - p]], [[p]]], dtype=torch.float64))
+
+
+@register("sns")
+def sns(p: float = 0.5, q: float = 0.5) -> HMM:
+    """Simple nonunifilar source (Marzen & Crutchfield 2017, arXiv:1702.08565, Fig. 2): isolated 1s.
+
+    State 0 emits 0 and stays with 1 - p, or emits 0 and moves to state 1 with p; state 1 emits 0 and stays with
+    1 - q, or emits 1 and moves to state 0 with q. No ``11``. The same tokens, states and parameters as
+    simplexity's ``sns(p, q)``. Both in (0, 1] so that both states recur.
+    """
+    p, q = _probability(p, "p", open_low=True), _probability(q, "q", open_low=True)
+    T = torch.zeros(2, 2, 2, dtype=torch.float64)
+    T[0, 0, 0], T[0, 0, 1] = 1 - p, p
+    T[0, 1, 1], T[1, 1, 0] = 1 - q, q
+    return HMM(T)
+
+
+@register("nond")
+def nond() -> HMM:
+    """Nond (Marzen & Crutchfield 2017, arXiv:1702.08565): a nonunifilar 3-state source, no parameters.
+
+    State 0 emits 0 and moves to 2; state 1 emits 1 and moves to 0 or 1 (1/2 each); state 2 emits 1 and moves to
+    0, 1 or 2 (1/3 each). No ``00``. The same tokens and states as epsilon-transformers' ``Nond``.
+    """
+    T = torch.zeros(2, 3, 3, dtype=torch.float64)
+    T[0, 0, 2] = 1.0
+    T[1, 1, 0] = T[1, 1, 1] = 0.5
+    T[1, 2, :] = 1.0 / 3.0
+    return HMM(T)
+
+
+@register("matching_parens")
+def matching_parens(open_probs: tuple = (1.0, 0.5, 0.5)) -> HMM:
+    """Balanced parentheses: token 0 is "(", token 1 is ")"; the state is the nesting depth 0..D, D = len(open_probs).
+
+    At depth d < D the next token is "(" with probability ``open_probs[d]``, else ")"; at depth D it is ")".
+    ``open_probs[0]`` must be 1 (depth 0 cannot close) and every entry lie in (0, 1]. The same tokens, states and
+    parameter as simplexity's ``matching_parens(open_probs)``.
+    """
+    if not isinstance(open_probs, (list, tuple)) or not open_probs:
+        raise ValueError(f"open_probs must be a non-empty list of probabilities, got {open_probs!r}")
+    probs = [_probability(v, f"open_probs[{d}]", open_low=True) for d, v in enumerate(open_probs)]
+    if probs[0] != 1.0:
+        raise ValueError(f"open_probs[0] must be 1 (depth 0 cannot close), got {probs[0]}")
+    n = len(probs) + 1
+    T = torch.zeros(2, n, n, dtype=torch.float64)
+    for d, o in enumerate(probs):
+        T[0, d, d + 1] = o
+        if d > 0:
+            T[1, d, d - 1] = 1 - o
+    T[1, n - 1, n - 2] = 1.0
+    return HMM(T)
+
+
+@register("mr_name")
+def mr_name(p: float = 0.4, q: float = 0.25) -> HMM:
+    """Mr. Name: tokens (and states, the last token) 0 "Mr.", 1 "Something", 2 "Blah", 3 "name".
+
+    "Mr." is always followed by "name"; "name" by "Something" or "Blah" (1/2 each); "Something" by "Mr." with
+    probability q, "Blah" with p, itself with 1 - p - q; "Blah" likewise with "Something" and "Blah" exchanged.
+    The same tokens, states and parameters as simplexity's ``mr_name(p, q)``; q > 0 so that "Mr." recurs.
+    """
+    p, q = _probability(p, "p"), _probability(q, "q", open_low=True)
+    if p + q > 1 + 1e-12:
+        raise ValueError(f"p + q must be at most 1, got p={p}, q={q}")
+    mr, something, blah, name = range(4)
+    T = torch.zeros(4, 4, 4, dtype=torch.float64)
+    T[name, mr, name] = 1.0
+    T[something, name, something] = T[blah, name, blah] = 0.5
+    for here, other in ((something, blah), (blah, something)):
+        T[mr, here, mr], T[other, here, other], T[here, here, here] = q, p, max(1 - p - q, 0.0)  # rounds below 0 for some p + q = 1
+    return HMM(T)
+
+
+_DAYS = 7
+_TOMORROW, _YESTERDAY, _WEEKEND, _WEEKDAY = 7, 8, 9, 10
+
+
+@register("days_of_week")
+def days_of_week() -> HMM:
+    """Days of the week: 7 states (today), 11 tokens (the day names, tomorrow, yesterday, weekend, weekday).
+
+    States 0-6 are Monday..Sunday; tokens 0-6 their names, 7 "tomorrow", 8 "yesterday", 9 "weekend", 10 "weekday".
+    From every day, with weights out of 15: the next day's name 5 (moving there), each other day's name 1 (moving
+    there), "tomorrow" 1 (to the next day), "yesterday" 1 (to the previous day), "weekday" 1 (to one of Monday..
+    Friday, 1/5 each), "weekend" 1 (to Saturday or Sunday, 1/2 each). The same tokens and states as simplexity's
+    ``days_of_week()``; epsilon-transformers' version divides by column sums and is not stochastic.
+    """
+    T = torch.zeros(11, _DAYS, _DAYS, dtype=torch.float64)
+    for day in range(_DAYS):
+        T[day, :, day] = 1.0
+        T[day, (day - 1) % _DAYS, day] = 5.0
+        T[_TOMORROW, day, (day + 1) % _DAYS] = 1.0
+        T[_YESTERDAY, day, (day - 1) % _DAYS] = 1.0
+    T[_WEEKDAY, :, :5] = 1.0 / 5.0
+    T[_WEEKEND, :, 5:] = 1.0 / 2.0
+    return HMM(T / 15.0)
 
 
 def _check_size(value: int, name: str) -> int:
