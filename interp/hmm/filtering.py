@@ -20,6 +20,7 @@ import torch
 from interp.hmm import native
 from interp.hmm.buffers import empty_buffer
 from interp.hmm.core import HMM
+from interp.hmm.ghmm import GHMM, filter_ghmm
 
 Method = Literal["auto", "sequential", "scan"]
 
@@ -316,6 +317,10 @@ def filter_sequential(hmm: HMM, tokens, *, return_beliefs: bool = True) -> Filte
     by all V matrices at once (small V*S) or by each token's matrix for its group of sequences.
     """
     tokens = check_tokens(hmm, tokens)
+    if isinstance(hmm, GHMM):  # signed matrices: the torch reference path, normalised by w
+        with flush_denormals():
+            out, z = filter_ghmm(hmm, tokens, return_beliefs)
+        return _finish(out, z.log_())
     f = hmm.factorization
     with flush_denormals():
         if f is None:
@@ -398,6 +403,9 @@ def filter_scan(hmm: HMM, tokens, *, return_beliefs: bool = True) -> FilterResul
     so every prefix product has that single non-zero row: the unnormalised belief. Each element
     carries a log-scale, making the prefix's log-probability the accumulated scale.
     """
+    if isinstance(hmm, GHMM):
+        raise ValueError("filter_scan: a generalised HMM's signed matrices have no positive scale to carry through "
+                         "the scan; use method='sequential'")
     tokens = check_tokens(hmm, tokens)
     n, L = tokens.shape
     S = hmm.n_states
@@ -452,6 +460,8 @@ def forward_filter(hmm: HMM, tokens, *, method: Method = "auto", return_beliefs:
     """Filter ``tokens`` (n, L) under ``hmm``. ``method="auto"`` picks the faster of the two
     (:func:`choose_method`): the sequential filter, except for a few long sequences of a small HMM where there
     are no compiled kernels (on a GPU, or without a C++ compiler)."""
+    if method == "auto" and isinstance(hmm, GHMM):
+        method = "sequential"
     if method == "auto":
         shape = tokens.shape if torch.is_tensor(tokens) and tokens.ndim == 2 else None
         method = "sequential" if shape is None else choose_method(shape[0], shape[1], hmm.n_states,

@@ -16,13 +16,17 @@ import torch
 
 from interp.hmm.core import HMM
 from interp.hmm.filtering import beliefs as exact_beliefs
+from interp.hmm.ghmm import GHMM, clean_probabilities
 from interp.hmm.msp import DEFAULT_MAX_BELIEFS, _merge_keys, expand
 from interp.hmm.sampling import sample
 
 
 def predictive_entropy(beliefs: torch.Tensor, hmm: HMM) -> torch.Tensor:
     """(...,) entropy in nats of the next-token distribution ``beliefs @ E`` for beliefs (..., S)."""
-    return torch.special.entr(beliefs @ hmm.emission_matrix).sum(-1)
+    p = beliefs @ hmm.emission_matrix
+    if isinstance(hmm, GHMM):  # signed products leave round-off around impossible tokens' zeros
+        p = clean_probabilities(p)
+    return torch.special.entr(p).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -123,4 +127,4 @@ def entropy_rate(hmm: HMM, *, n: int = 32768, length: int = 256, burn_in: int = 
 
 def unigram_loss(hmm: HMM) -> float:
     """Loss (nats) of the best context-free predictor at stationarity: entropy of ``pi @ E``."""
-    return float(torch.special.entr(hmm.pi @ hmm.emission_matrix).sum())
+    return float(predictive_entropy(hmm.pi, hmm))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from interp.hmm.core import HMM
+from interp.hmm.ghmm import GHMM, clean_probabilities
 
 MERGE_GRID = 1e-12
 DEFAULT_MAX_BELIEFS = 2_000_000
@@ -68,7 +69,7 @@ def expand(hmm: HMM, beliefs: torch.Tensor, probs: torch.Tensor):
 
     Children with probability zero are dropped; duplicates are not merged here."""
     u = torch.einsum("ks,xsj->kxj", beliefs, hmm.T)  # (m, V, S) unnormalised children
-    px = u.sum(-1)  # (m, V)
+    px = clean_probabilities(u @ hmm.w) if isinstance(hmm, GHMM) else u.sum(-1)  # (m, V)
     parent, token = torch.nonzero(px > 0, as_tuple=True)
     p_tok = px[parent, token]
     child = u[parent, token] / p_tok[:, None]

@@ -24,6 +24,7 @@ import torch
 
 from interp.hmm.buffers import empty_buffer
 from interp.hmm.core import HMM
+from interp.hmm.ghmm import GHMM, sample_ghmm
 
 _BITS = 32
 _ONE = 1 << _BITS
@@ -191,13 +192,18 @@ def sample(hmm: HMM, n: int, length: int, *, seed: int | None = None,
 
     Returns tokens (n, length) int64 on ``hmm.device``; with ``return_states=True`` also
     states (n, length) int64, where ``states[:, t]`` is the hidden state that emitted token t
-    (the state before the transition that token labels).
+    (the state before the transition that token labels). A :class:`GHMM` is sampled through its beliefs and
+    has no states to return.
     """
     from interp.hmm.blocked import BlockedHMM
 
     if isinstance(hmm, BlockedHMM):  # block-sparse HMMs sample themselves
         return hmm.sample(n, length, seed=seed, generator=generator, return_states=return_states)
     n, length = _positive_int(n, "n"), _positive_int(length, "length")
+    if isinstance(hmm, GHMM):  # no hidden states to walk: tokens are drawn through the beliefs
+        if return_states:
+            raise ValueError("return_states=True: a generalised HMM has no hidden states to return")
+        return sample_ghmm(hmm, n, length, make_generator(seed, generator, hmm.device))
     device = hmm.device
     g = make_generator(seed, generator, device)
     V, S = hmm.n_tokens, hmm.n_states
