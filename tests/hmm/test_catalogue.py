@@ -59,6 +59,40 @@ def test_word_probabilities_equal_the_public_definitions(cid):
         assert err <= 1e-12, f"{cid}: length {n} differs by {err:.3g}"
 
 
+def simplexity_days_of_week():
+    """simplexity's ``days_of_week`` transition matrices, transcribed into numpy (tokens: the days M..Su 0-6, then
+    tomorrow 7, yesterday 8, weekend 9, weekday 10; states: the days): the reference beyond the stored length 3."""
+    import numpy as np
+
+    T = np.zeros((11, 7, 7))
+    for day in range(7):
+        T[day, :, day] = 1.0
+    T[10, :, :5] = 1 / 5
+    T[9, :, 5:] = 1 / 2
+    for day in range(7):
+        nxt, prv = (day + 1) % 7, (day - 1) % 7
+        T[7, day, nxt] = 1.0
+        T[nxt, day, nxt] = 5.0
+        T[8, day, prv] = 1.0
+    return T / T.sum(axis=(0, 2), keepdims=True)
+
+
+def test_days_of_week_equals_simplexity_to_length_6():
+    """Every one of the 11^6 words, against numpy on the transcribed matrices (the stored reference stops at 3)."""
+    import numpy as np
+
+    T = simplexity_days_of_week()
+    vals, vecs = np.linalg.eig(T.sum(0).T)
+    pi = np.real(vecs[:, np.argmin(abs(vals - 1))])
+    want = (pi / pi.sum())[None, :]  # (words so far, states): pi T[x_1] ... T[x_n], last position fastest
+    h = get_process("days_of_week")
+    for n in range(1, 7):
+        want = np.einsum("ws,xst->wxt", want, T).reshape(-1, 7)
+        got = word_probs(h, all_words(11, n)).numpy()
+        err = float(abs(got - want.sum(1)).max())
+        assert got.shape == (11 ** n,) and err <= 1e-12, f"length {n} differs by {err:.3g}"
+
+
 # ------------------------------------------------------------------ every depth sums to 1
 WORD_BUDGET = 2 ** 14  # words enumerated per depth
 # processes whose vocabulary allows fewer than 6 depths within the budget: the depth they reach
