@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from interp.config import to_dict
+
 
 def _positive(**values: int) -> None:
     for k, v in values.items():
@@ -20,7 +22,9 @@ def _positive(**values: int) -> None:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Attention-only transformer built with TransformerLens (``TransformerBridge.boot_native``)."""
+    """Transformer built with TransformerLens (``TransformerBridge.boot_native``): attention-only by default, or
+    standard (``attn_only = false``: an MLP of width ``d_mlp`` and activation ``act_fn`` after each attention).
+    ``normalization``: "none", "LN" (LayerNorm), "LNPre" (LayerNorm without weights) or "RMS" (RMSNorm)."""
 
     family: Literal["transformer"] = "transformer"
     n_layers: int = 1
@@ -28,15 +32,43 @@ class TransformerConfig:
     d_model: int = 64
     d_head: int = 64
     positional: Literal["standard", "rotary"] = "standard"
-    normalization: Literal["none", "LN"] = "none"
+    normalization: Literal["none", "LN", "LNPre", "RMS"] = "none"
     # Prepend a BOS token (id = n_tokens) to every input: an attention sink, so one softmax head can
     # weight the past by lambda^k without its rows having to sum to 1 over real tokens.
     bos: bool = False
+    attn_only: bool = True
+    d_mlp: int | None = None  # None: 4 * d_model
+    act_fn: Literal["relu", "gelu"] = "relu"  # TransformerLens's names
 
     def __post_init__(self):
         _positive(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model, d_head=self.d_head)
         if self.positional == "rotary" and self.d_head % 2:  # rotary turns pairs of dimensions
             raise ValueError(f"d_head must be even with positional = 'rotary', got {self.d_head}")
+        if self.attn_only:
+            if self.d_mlp is not None:
+                raise ValueError(f"d_mlp = {self.d_mlp} needs attn_only = false (an attention-only model has no MLPs)")
+            if self.act_fn != _MLP_DEFAULTS["act_fn"]:
+                raise ValueError(f"act_fn = {self.act_fn!r} needs attn_only = false (an attention-only model has no "
+                                 f"MLPs)")
+        elif self.d_mlp is not None:
+            _positive(d_mlp=self.d_mlp)
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLPs' hidden width (0 for an attention-only model)."""
+        return 0 if self.attn_only else self.d_mlp or 4 * self.d_model
+
+    def to_dict(self) -> dict:
+        """Without the MLP keys at their defaults: an attention-only config keeps the hash it had before the
+        keys existed, so its run folders stay fresh."""
+        out = to_dict(self)
+        for key, default in _MLP_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        return out
+
+
+_MLP_DEFAULTS = {"attn_only": True, "d_mlp": None, "act_fn": "relu"}
 
 
 @dataclass(frozen=True)

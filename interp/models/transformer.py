@@ -1,7 +1,10 @@
-"""Attention-only transformer, built natively by TransformerLens (``TransformerBridge.boot_native``).
+"""Transformer, built natively by TransformerLens (``TransformerBridge.boot_native``): attention-only, or
+standard with an MLP after each attention (``attn_only = false``).
 
 It is a TransformerLens model in full: ``run_with_cache``, ``W_Q``..``W_O``, ``OV``/``QK`` and the
-classic hook names (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``, ...).
+classic hook names (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``, ``blocks.{l}.hook_attn_out``,
+``blocks.{l}.hook_resid_post``; with MLPs ``blocks.{l}.hook_resid_mid`` and ``blocks.{l}.hook_mlp_out``; with
+normalisation ``blocks.{l}.ln1.hook_normalized``, ``ln2`` and ``ln_final``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from interp.models.configs import TransformerConfig
 
 def transformer_lens_config(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed: int = 0) -> dict:
     """The TransformerBridgeConfig fields for ``cfg`` on data with ``n_tokens`` and context ``n_ctx``."""
-    return dict(
+    fields = dict(
         n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
-        n_ctx=n_ctx, d_vocab=n_tokens, attn_only=True, act_fn="relu",
+        n_ctx=n_ctx, d_vocab=n_tokens, attn_only=cfg.attn_only, act_fn=cfg.act_fn,
         normalization_type=None if cfg.normalization == "none" else cfg.normalization,
         positional_embedding_type=cfg.positional, seed=seed,
     )
+    if not cfg.attn_only:
+        fields["d_mlp"] = cfg.mlp_width
+    return fields
 
 
 def build_transformer(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed: int = 0,

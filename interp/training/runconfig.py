@@ -125,9 +125,11 @@ def _model_size(model: ModelConfig, length: int, n_tokens: int, n_states: int) -
     if model.family == "transformer":
         L += model.bos
         hd = model.n_heads * model.d_head
-        params = model.n_layers * 4.0 * model.d_model * hd + 2.0 * (V + 1) * model.d_model + L * model.d_model
-        # attention scores and pattern (heads x L x L), q, k, v, z and the residual stream
-        layer = 2.0 * model.n_heads * L * L + L * (4.0 * model.d_model + 4.0 * hd)
+        mlp = model.mlp_width
+        params = (model.n_layers * (4.0 * model.d_model * hd + 2.0 * model.d_model * mlp)
+                  + 2.0 * (V + 1) * model.d_model + L * model.d_model)
+        # attention scores and pattern (heads x L x L), q, k, v, z, the residual stream and the MLP's pre and post
+        layer = 2.0 * model.n_heads * L * L + L * (4.0 * model.d_model + 4.0 * hd + 2.0 * mlp)
         return params, layer, model.n_layers, 2.0 * L * model.d_model + 3.0 * L * V
     if model.family == "fixed_attention":
         params = 1.0 * L * L + 2.0 * model.d_model * model.d_head + 2.0 * V * model.d_model
@@ -226,6 +228,10 @@ class RunConfig:
         if self.model.family == "blocked_belief_net" and not isinstance(hmm, BlockedHMM):
             raise ValueError(f"blocked_belief_net needs block-sparse data (process 'blocked'), not "
                              f"{self.process.name!r}")
+        if getattr(self.model, "init", None) == "truth" and not isinstance(hmm, (HMM, BlockedHMM)):
+            # a Belief Net starts from an emission form, which a generalised HMM's signed matrices lack
+            raise ValueError(f"model.init: 'truth' needs an HMM's emission form; process {self.process.name!r} is "
+                             "a generalised HMM (use 'random')")
 
     def check_fits(self, available: int | None = None) -> None:
         """Refuse, naming the key, a run whose training or evaluation cannot fit in ``available`` bytes (this
@@ -239,7 +245,10 @@ class RunConfig:
                      monte_carlo=not isinstance(hmm, BlockedHMM))
 
     def to_dict(self) -> dict:
-        return {**to_dict(self), "process": self.process.to_dict()}
+        out = {**to_dict(self), "process": self.process.to_dict()}
+        if hasattr(self.model, "to_dict"):  # a family that leaves keys at their defaults out, to keep old hashes
+            out["model"] = self.model.to_dict()
+        return out
 
     def hash(self) -> str:
         """Stable short hash of the whole config (what a cache or a later stage is tied to)."""
