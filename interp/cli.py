@@ -312,8 +312,9 @@ def cmd_probe(args) -> None:
                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"{'hook':<28} {'R^2 test':>9} {'R^2 train':>9} {'RMSE':>8} {'dist':>8} {'shuffled':>9}")
     for name, sc in [*out.hooks.items(), (CONCAT, out.all_layers)]:
+        dist = "-" if sc["simplex_distance"] is None else f"{sc['simplex_distance']:.4f}"  # None: a GHMM's beliefs
         print(f"{name:<28} {sc['r2']:>9.4f} {sc['r2_train']:>9.4f} {sc['rmse']:>8.4f} "
-              f"{sc['simplex_distance']:>8.4f} {sc['shuffled_r2']:>9.4f}")
+              f"{dist:>8} {sc['shuffled_r2']:>9.4f}")
     c = out.causal
     print(f"best hook {out.best_hook} (R^2 {out.best_r2:.4f}; {out.r2})")
     print(f"causal check at {c['hook']} over {c['n_points']} points: KL(HMM at target belief || model) "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from interp.hmm import HMM
 from interp.hmm.matching import parameter_errors
 from interp.interpret import attention as A
 from interp.interpret import construction as K
@@ -83,6 +84,9 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
         raise ValueError(f"{run_dir}: its activation cache holds no residual-stream hook to probe")
     acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks}
     n_seq, n_pos = cache.beliefs.shape[:2]
+    model, cfg = load_model(run_dir, device=device)
+    hmm = cfg.process.build()
+    simplex = isinstance(hmm, HMM)  # a GHMM's beliefs lie in the plane eta @ w = 1, not in a simplex
     log(f"{run_dir}: probes on {len(hooks)} hooks and on all of them concatenated ({n_seq} sequences x {n_pos} "
         f"positions, {test_fraction:.0%} held out)")
     t0 = time.perf_counter()
@@ -91,15 +95,13 @@ def probe_run(run_dir: str | Path, *, test_fraction: float = 0.2, ridge: float =
         x = torch.cat([acts[k] for k in hooks], -1) if h == CONCAT else acts[h]
         # one hook per call, with probe_hooks' own split and shuffle (both from ``seed``), so each can be reported
         results[h] = probe_hooks({h: x}, cache.beliefs, cache.weight, test_fraction=test_fraction, ridge=ridge,
-                                 seed=seed, concat_name="", concat_hooks=[])[h]
+                                 seed=seed, concat_name="", concat_hooks=[], simplex=simplex)[h]
     # the best residual-stream hook: an SSM's state alone misses the current token, which reaches the
     # output through the skip path, so steering the state cannot move the model as a belief change would
     best = best_hook({h: r for h, r in results.items() if "hook_state" not in h})
     log(f"{run_dir}: {len(results)} probes in {time.perf_counter() - t0:.1f} s; best hook {best} "
         f"(R^2 {results[best][1].r2:.4f}); causal check there at {min(causal_points, n_seq * n_pos)} points")
     t0 = time.perf_counter()
-    model, cfg = load_model(run_dir, device=device)
-    hmm = cfg.process.build()
     probe = results[best][0]
     causal = causal_check(model, cache.tokens, cache.beliefs, acts[best], probe.coef_, probe.intercept_,
                           hmm.emission_matrix, hook=best, n_points=causal_points,
@@ -244,7 +246,10 @@ def ssm_effective_decay(model, coef: torch.Tensor, hmm, lags: int) -> dict:
 
 
 def belief_net_summary(model, hmm) -> dict:
-    """The learned HMM against the true one after matching states (only when the sizes agree)."""
+    """The learned HMM against the true one after matching states (only when the data is an HMM and the sizes
+    agree)."""
+    if not isinstance(hmm, HMM):
+        return {"comparable": False, "reason": f"{hmm.name} is a generalised HMM: no emission form to match"}
     learned = model.get_hmm().to_emission()
     true = hmm.to_emission()
     if learned.C.shape != true.C.shape:

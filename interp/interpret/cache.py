@@ -5,7 +5,8 @@
 - ``cache.json``: the run's config hash and a SHA-256 of its weights, the process, the evaluation set's
   kind, hook names, shapes and dtypes, and the shard list;
 - ``data.safetensors``: ``tokens`` [n, L], ``weight`` [n] (sums to 1), ``log_prob`` [n] and the exact
-  ``beliefs`` [n, L, S] (float64; position t is the posterior over the current state after token t);
+  ``beliefs`` [n, L, S] (float64; position t is the posterior over the current state after token t; for a
+  generalised HMM the belief ``eta`` with ``eta @ w = 1``, entries of any sign);
 - ``shard_NNNNN.safetensors``: every cached hook for a block of sequences, so that writing never
   holds more than one shard of activations and reading loads one hook at a time.
 
@@ -134,8 +135,8 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     fingerprint = run_fingerprint(run_dir)
     model, cfg = load_model(run_dir, device=device)
     hmm = cfg.process.build()
-    if not isinstance(hmm, H.HMM):
-        raise ValueError(f"{run_dir}: caching and probing need the exact beliefs of a dense HMM; process "
+    if not isinstance(hmm, (H.HMM, H.GHMM)):
+        raise ValueError(f"{run_dir}: caching and probing need the exact beliefs of a dense HMM or GHMM; process "
                          f"{cfg.process.name!r} is block-sparse (its filter is interp.hmm.blocked.BlockedHMM.filter)")
     data = evaluation_set(hmm, cfg.train.context, max_exhaustive=max_exhaustive, n_samples=n_samples,
                           seed=cfg.seeds()["eval"])

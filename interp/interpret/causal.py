@@ -7,8 +7,8 @@ own spread (covariance ``Sigma``): ``delta = Sigma W^T pinv(W Sigma W^T) (eta' -
 minimum-norm move ``pinv(W) (eta' - r)`` goes along whichever low-variance directions carry the probe's
 largest coefficients, which a least-squares probe may weight heavily without the model using them.) If the model
 uses the probed direction the way the HMM uses beliefs, its next-token distribution moves to
-``eta' @ E`` (E: the next-token distribution of each current state). A move of the same norm in a
-random direction is the control.
+``eta' @ E`` (E: the next-token distribution of each current state; ``T[x] w`` for a generalised HMM). A move
+of the same norm in a random direction is the control.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def causal_check(model: torch.nn.Module, tokens: torch.Tensor, beliefs: torch.Te
     """Steer ``n_points`` random (sequence, position) points to the belief of another random point.
 
     tokens [n, L], beliefs [n, L, S] (exact), acts [n, L, d] (the hook's cached activations),
-    coef [S, d], intercept [S] (the probe), emission [S, V] (next-token distribution per current state).
+    coef [S, d], intercept [S] (the probe), emission [S, V] (``eta @ emission`` is the next-token distribution of a
+    belief: an HMM's per-state distributions, a generalised HMM's ``T[x] w``).
     Returns mean KLs from the HMM's prediction for the target belief to the model's distribution:
     before the move, after it, and after the random control move; the share of points that got closer;
     and the pooled R^2 of the model's change in probabilities against the HMM's predicted change.

@@ -37,6 +37,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from interp.hmm.core import HMM
+from interp.hmm.ghmm import GHMM
 from interp.interpret.metrics import pooled_r2, project_to_simplex
 
 # Logit of a token that can never be predicted (BOS; tokens the stationary process never emits). Finite so
@@ -84,11 +85,19 @@ def _sequence_weight(weight, n: int) -> torch.Tensor:
     return w / w.sum()
 
 
-def _zero_sum_basis(n_states: int) -> torch.Tensor:
-    """[S, S-1] orthonormal columns spanning {u : u @ 1 = 0}."""
+def _zero_sum_basis(n_states: int, w: torch.Tensor | None = None) -> torch.Tensor:
+    """[S, S-1] orthonormal columns spanning {u : u @ 1 = 0}, or {u : u @ w = 0} given a GHMM's ``w``."""
+    if w is not None:  # the first column of Q spans w, the others its orthogonal complement
+        eye = torch.eye(n_states, dtype=torch.float64)
+        return torch.linalg.qr(torch.cat([w.cpu().double()[:, None], eye], 1)).Q[:, 1:n_states]
     d = torch.eye(n_states, dtype=torch.float64)[:, : n_states - 1] - torch.eye(n_states, dtype=torch.float64)[:, -1:]
     q, _ = torch.linalg.qr(d)
     return q
+
+
+def _normaliser(hmm: HMM | GHMM) -> torch.Tensor | None:
+    """A GHMM's ``w`` (beliefs and probabilities are normalised by it); None for an HMM (ones)."""
+    return hmm.w if isinstance(hmm, GHMM) else None
 
 
 def _decayed_sum(x: torch.Tensor, decay) -> torch.Tensor:
@@ -134,23 +143,25 @@ def _row_weights(seq_weight: torch.Tensor, length: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- maths
-def token_vectors(hmm: HMM) -> torch.Tensor:
-    """[V, S] ``v[x] = pi @ Tn[x] - pi`` with ``Tn[x] = T[x] / (pi @ T[x] @ 1)``.
+def token_vectors(hmm: HMM | GHMM) -> torch.Tensor:
+    """[V, S] ``v[x] = pi @ Tn[x] - pi`` with ``Tn[x] = T[x] / (pi @ T[x] @ 1)`` (``@ w`` for a GHMM).
 
     ``pi + v[x]`` is the exact belief after one token ``x`` from the stationary distribution, so every
-    row sums to zero. Tokens with zero stationary probability get ``v[x] = 0``."""
+    row sums to zero (``v[x] @ w = 0`` for a GHMM). Tokens with zero stationary probability get ``v[x] = 0``."""
     pi = hmm.pi
     joint = torch.einsum("i,xij->xj", pi, hmm.T)  # [V, S]: pi @ T[x]
-    prob = joint.sum(1)  # [V]: P(x) under pi
+    w = _normaliser(hmm)
+    prob = joint.sum(1) if w is None else joint @ w  # [V]: P(x) under pi
     safe = torch.where(prob > 0, prob, torch.ones_like(prob))
     return torch.where((prob > 0)[:, None], joint / safe[:, None] - pi, torch.zeros_like(joint))
 
 
 def zero_sum_operator_eigenvalues(hmm: HMM) -> torch.Tensor:
     """[S-1] complex128 eigenvalues of ``u -> u @ Smat`` restricted to the zero-sum subspace {u : u @ 1 = 0}
-    (Smat is row-stochastic, so it maps that subspace to itself). Sorted by modulus, largest first, then
-    by angle. Mess3(x, a): ``1 - 3x`` twice; RRXOR: 0, 0 and ``-1/2 +- i sqrt(3)/2``."""
-    q = _zero_sum_basis(hmm.n_states)
+    (Smat is row-stochastic, so it maps that subspace to itself; for a GHMM the subspace {u : u @ w = 0}, which
+    ``Smat w = w`` keeps). Sorted by modulus, largest first, then by angle. Mess3(x, a): ``1 - 3x`` twice;
+    RRXOR: 0, 0 and ``-1/2 +- i sqrt(3)/2``."""
+    q = _zero_sum_basis(hmm.n_states, _normaliser(hmm))
     restricted = q.T @ hmm.transition_matrix.cpu() @ q  # [S-1, S-1], acting on row coordinates
     ev = torch.linalg.eigvals(restricted).to(torch.complex128)
     values = [complex(z) for z in ev.tolist()]
@@ -169,7 +180,7 @@ def analytic_decay(hmm: HMM, tol: float = 1e-9) -> float | None:
     s = hmm.n_states
     if s == 1:
         return 0.0
-    q = _zero_sum_basis(s)
+    q = _zero_sum_basis(s, _normaliser(hmm))
     smat = hmm.transition_matrix.cpu()
     lam = float(torch.trace(q.T @ smat @ q)) / (s - 1)
     deviation = float((q.T @ smat - lam * q.T).abs().max())
@@ -360,14 +371,17 @@ def readout_logits_params(hmm: HMM) -> tuple[torch.Tensor, torch.Tensor]:
 def next_token_loss(hmm: HMM, tokens, weight, beliefs) -> float | None:
     """Cross-entropy (nats per token) of predicting tokens 1..L-1 from beliefs [n, L, S] at positions 0..L-2.
 
-    The prediction is ``project_to_simplex(beliefs) @ E``, clamped at ``PROB_FLOOR`` and renormalised;
-    sequences are weighted by ``weight`` [n] (normalised to sum 1), positions equally. None when L == 1."""
+    The prediction is ``project_to_simplex(beliefs) @ E`` (``beliefs @ E`` for a GHMM), clamped at ``PROB_FLOOR``
+    and renormalised; sequences are weighted by ``weight`` [n] (normalised to sum 1), positions equally. None when
+    L == 1."""
     tokens = _tokens(tokens, hmm.n_tokens)
     n, L = tokens.shape
     if L < 2:
         return None
     w = _sequence_weight(weight, n)
-    p = project_to_simplex(_float64(beliefs, "beliefs")[:, :-1]) @ hmm.emission_matrix.cpu()
+    b = _float64(beliefs, "beliefs")[:, :-1]
+    # a GHMM's beliefs have no simplex: their predictions are clamped and renormalised below as they are
+    p = (b if isinstance(hmm, GHMM) else project_to_simplex(b)) @ hmm.emission_matrix.cpu()
     p = p.clamp_min(PROB_FLOOR)
     p = p / p.sum(-1, keepdim=True)
     nll = -torch.log(p.gather(-1, tokens[:, 1:, None]).squeeze(-1))  # [n, L-1]

@@ -1,4 +1,4 @@
-"""Linear probes from activations onto the belief simplex.
+"""Linear probes from activations onto the belief simplex (a generalised HMM's beliefs: the plane eta @ w = 1).
 
 A probe is closed-form weighted least squares in float64 with an intercept (never penalised) and an
 optional ridge penalty ``ridge * ||W||^2`` on the same scale as scikit-learn's ``Ridge(alpha=ridge)``.
@@ -135,7 +135,9 @@ def split_by_sequence(n_seq: int, test_fraction: float,
 class ProbeScores:
     r2: float  # pooled, on held-out sequences
     rmse: float  # held-out, per coordinate
-    simplex_distance: float  # held-out: mean distance of the simplex-projected prediction to the belief
+    # held-out: mean distance of the simplex-projected prediction to the belief; None for a generalised HMM's
+    # beliefs, which are not in a simplex
+    simplex_distance: float | None
     r2_train: float
     shuffled_r2: float  # held-out R^2 of the probe refitted to beliefs shuffled among training rows
     n_train: int  # sequences
@@ -151,13 +153,15 @@ def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def fit_probe(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor | None = None, *, train: torch.Tensor,
-              test: torch.Tensor, ridge: float = 0.0, generator: torch.Generator) -> tuple[LinearProbe, ProbeScores]:
+              test: torch.Tensor, ridge: float = 0.0, generator: torch.Generator,
+              simplex: bool = True) -> tuple[LinearProbe, ProbeScores]:
     """Fit on every position of the ``train`` sequences, score on the ``test`` sequences.
 
     X [n, L, d], Y [n, L, S], weight [n] (each position gets its sequence's weight) or None. The
     training weights are rescaled to mean 1 per row, so ``ridge`` means the same with or without
     weights (as ``Ridge(alpha=ridge)`` on unweighted rows). The control refits on the training rows
-    with the belief rows permuted by ``generator`` and is scored on the untouched test rows."""
+    with the belief rows permuted by ``generator`` and is scored on the untouched test rows. ``simplex=False``
+    (beliefs of a generalised HMM) reports no simplex distance."""
     if X.ndim != 3 or Y.ndim != 3 or X.shape[:2] != Y.shape[:2]:
         raise ValueError(f"activations {tuple(X.shape)} and beliefs {tuple(Y.shape)} must be [n, L, d], [n, L, S]")
     n, L = Y.shape[:2]
@@ -178,14 +182,15 @@ def fit_probe(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor | None = No
     control = LinearProbe(ridge=ridge).fit(x_tr, y_tr[perm], w_tr)
     return probe, ProbeScores(
         r2=pooled_r2(y_te, pred, w_te), rmse=rmse(y_te, pred, w_te),
-        simplex_distance=simplex_distance(y_te, pred, w_te),
+        simplex_distance=simplex_distance(y_te, pred, w_te) if simplex else None,
         r2_train=probe.score(x_tr, y_tr, w_tr), shuffled_r2=control.score(x_te, y_te, w_te),
         n_train=len(train), n_test=len(test))
 
 
 def probe_hooks(acts: dict[str, torch.Tensor], Y: torch.Tensor, weight: torch.Tensor | None = None, *,
                 test_fraction: float = 0.2, ridge: float = 0.0, seed: int = 0, concat_name: str = "all_layers",
-                concat_hooks: list[str] | None = None) -> dict[str, tuple[LinearProbe, ProbeScores]]:
+                concat_hooks: list[str] | None = None,
+                simplex: bool = True) -> dict[str, tuple[LinearProbe, ProbeScores]]:
     """One probe per hook (acts[h] [n, L, d_h], Y [n, L, S]) on one shared sequence split, plus one on the
     hooks ``concat_hooks`` (default: all; [] for none) concatenated along features, under ``concat_name``.
 
@@ -198,7 +203,7 @@ def probe_hooks(acts: dict[str, torch.Tensor], Y: torch.Tensor, weight: torch.Te
 
     def fit(x: torch.Tensor) -> tuple[LinearProbe, ProbeScores]:
         shuffle = torch.Generator().manual_seed(seed + 1)
-        return fit_probe(x, Y, weight, train=train, test=test, ridge=ridge, generator=shuffle)
+        return fit_probe(x, Y, weight, train=train, test=test, ridge=ridge, generator=shuffle, simplex=simplex)
 
     out = {name: fit(x) for name, x in acts.items()}
     if hooks:  # concatenated in the cached dtype: the float64 copy is made chunk by chunk inside fit
