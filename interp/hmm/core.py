@@ -119,7 +119,35 @@ class EmissionForm:
         return HMM.from_emission(self.mu, self.A, self.C)
 
 
-class HMM:
+class TokenMatrices:
+    """What an HMM and a generalised HMM share: (V, S, S) token matrices ``T`` and their sizes."""
+
+    _T: torch.Tensor
+    name: str
+
+    @property
+    def T(self) -> torch.Tensor:
+        """(V, S, S) token matrices (a read-only view)."""
+        return self._T
+
+    @property
+    def n_tokens(self) -> int:
+        return self._T.shape[0]
+
+    @property
+    def n_states(self) -> int:
+        return self._T.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self._T.device
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, n_states={self.n_states}, n_tokens={self.n_tokens}, "
+                f"device={self.device})")
+
+
+class HMM(TokenMatrices):
     """A hidden Markov model in token-labelled form.
 
     Args:
@@ -146,25 +174,6 @@ class HMM:
         self.params: dict = {}  # the parameters get_process built it from
 
     # ----------------------------------------------------------------- basics
-    @property
-    def T(self) -> torch.Tensor:
-        """(V, S, S) token-labelled transition tensor (a read-only view)."""
-        return self._T
-
-    @property
-    def n_tokens(self) -> int:
-        return self._T.shape[0]
-
-    @property
-    def n_states(self) -> int:
-        return self._T.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self._T.device
-
-    def __repr__(self) -> str:
-        return f"HMM(name={self.name!r}, n_states={self.n_states}, n_tokens={self.n_tokens}, device={self.device})"
 
     def to(self, device) -> "HMM":
         """This HMM on ``device``: itself when already there (it is immutable, and keeps its caches)."""

@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from interp.hmm.core import ROW_SUM_TOL, HMM, _as_float64
+from interp.hmm.core import ROW_SUM_TOL, HMM, TokenMatrices, _as_float64
 from interp.hmm.processes import register
 
 # Smat counts as having eigenvalue 1 when it lies within EIGEN_TOL * max(1, ||Smat||_2) (spectral norm) of a
@@ -99,7 +99,7 @@ def _first_negative_word(T: torch.Tensor, w: torch.Tensor, start: torch.Tensor, 
     return None, 0.0, 0.0, depth
 
 
-class GHMM:
+class GHMM(TokenMatrices):
     """A generalised hidden Markov model: ``T[x]`` of any sign, normalised by ``w``.
 
     Args:
@@ -175,29 +175,9 @@ class GHMM:
 
     # ----------------------------------------------------------------- basics
     @property
-    def T(self) -> torch.Tensor:
-        """(V, S, S) token matrices."""
-        return self._T
-
-    @property
     def w(self) -> torch.Tensor:
         """(S,) right eigenvector of ``Smat`` for eigenvalue 1: ``P(x | eta) = eta T[x] w``."""
         return self._w
-
-    @property
-    def n_tokens(self) -> int:
-        return self._T.shape[0]
-
-    @property
-    def n_states(self) -> int:
-        return self._T.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self._T.device
-
-    def __repr__(self) -> str:
-        return f"GHMM(name={self.name!r}, n_states={self.n_states}, n_tokens={self.n_tokens}, device={self.device})"
 
     def to(self, device) -> "GHMM":
         """This GHMM on ``device``: itself when already there (it is immutable)."""
