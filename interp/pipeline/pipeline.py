@@ -442,7 +442,7 @@ class Pipeline:
         t0 = time.perf_counter()
         self.manifest.forget(FIGURES_STAGE)
         written = draw_figures(inputs, self.figures_dir, command=self.command,
-                               log=lambda msg: self._say("figures", msg))
+                               log=self.log)  # its lines carry the stage's prefix
         self.manifest.record(FIGURES_STAGE, depends, [self.figures_dir / name for name in written],
                              seconds=round(time.perf_counter() - t0, 2))
         self._say("figures", f"{len(written)} files -> {self.figures_dir}", time.perf_counter() - t0)
