@@ -15,9 +15,11 @@ Processes defined outside this file reach the registry in two ways:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Callable
 
@@ -96,19 +98,13 @@ def import_process_module(module: str):
     except Exception as err:  # noqa: BLE001 - the user's own code: one line naming it
         raise ValueError(f"importing {module!r} failed: {type(err).__name__}: {err}") from err
     folders = process_search_folders()
-    for folder in folders if "." not in module else []:
-        for path, package in ((folder / f"{module}.py", False), (folder / module / "__init__.py", True)):
-            if path.is_file():
-                return _import_file(module, path, package)
-    where = ", ".join(str(f) for f in folders)
-    raise ValueError(f"no module {module!r} on the Python path, nor a {module}.py in {where}")
-
-
-def _import_file(module: str, path: Path, package: bool):
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location(module, path, submodule_search_locations=[str(path.parent)] if package else None)
-    mod = module_from_spec(spec)
+    # the import system's own finder over the user's folders (a module file or a package); the path stays as it is
+    importlib.invalidate_caches()  # a module written since the last look (its folder's listing is cached)
+    spec = None if "." in module else PathFinder.find_spec(module, [str(f) for f in folders])
+    if spec is None:
+        where = ", ".join(str(f) for f in folders)
+        raise ValueError(f"no module {module!r} on the Python path, nor a {module}.py in {where}")
+    mod = importlib.util.module_from_spec(spec)
     sys.modules[module] = mod  # as an import would: later imports of the name (and pickling) find it
     try:
         spec.loader.exec_module(mod)
@@ -116,7 +112,7 @@ def _import_file(module: str, path: Path, package: bool):
         sys.modules.pop(module, None)
         if not isinstance(err, Exception):
             raise
-        raise ValueError(f"importing {module!r} from {path} failed: {type(err).__name__}: {err}") from err
+        raise ValueError(f"importing {module!r} from {spec.origin} failed: {type(err).__name__}: {err}") from err
     return mod
 
 
