@@ -216,6 +216,9 @@ def cmd_describe(args) -> None:
         raise ValueError(f"--param {', '.join(f'{k}={v!r}' for k, v in params.items())}: {err}") from None
     label = f"{hmm.name}({', '.join(f'{k}={v}' for k, v in hmm.params.items())})"
     print(f"process   {label}: {hmm.n_states} states, {hmm.n_tokens} tokens; stationary pi = {_fmt_vec(hmm.pi)}")
+    from interp.hmm.heads import head_count
+
+    print(f"heads     first-order update at context {args.length}: {head_count(hmm, args.length).reason}")
 
     t0 = time.perf_counter()
     tokens = H.sample(hmm, args.samples, args.length, seed=args.seed)
@@ -456,6 +459,25 @@ def cmd_sweep(args) -> None:
           log=lambda msg: print(msg, flush=True)).run()
 
 
+def cmd_study(args) -> None:
+    """Several runs on one question (a reproduction, the head-count rule, the minimal-model chain): train and
+    probe what is not done, then the study's table and figures."""
+    from pathlib import Path
+
+    from interp.pipeline.pipeline import QUICK_SUFFIX
+    from interp.studies.study import Study, load_study_config, quick_study_config
+
+    _processes_beside(args.config)
+    cfg = load_study_config(args.config)
+    out = Path(args.out) if args.out else Path(args.config).parent / cfg.name
+    if args.quick:
+        cfg, out = quick_study_config(cfg), _quick_folder(out, QUICK_SUFFIX)
+        print(f"[{'quick':<24}] {cfg.name} at small sizes -> {out}", flush=True)
+    _folder(args, out, "--out" if args.out else None)
+    _device(args.device)
+    Study(cfg, out, workers=args.workers, device=args.device, log=lambda msg: print(msg, flush=True)).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -486,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "<folder>_quick: to try it before the real one")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("study", help="a reproduction or study: several runs, one table (markdown + JSON), figures")
+    p.add_argument("config", help="study TOML (runs/<study>.toml)")
+    p.add_argument("--out", default=None, help="study folder (default: runs/<name>/ beside the config)")
+    p.add_argument("--workers", type=_int_at_least(0), default=2,
+                   help="worker processes for the runs (0: in process)")
+    p.add_argument("--quick", action="store_true", help="the study at small sizes, into <folder>_quick: to try it "
+                   "before the real one")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("figures", help="redraw the figure set from a finished pipeline folder")
     p.add_argument("run", nargs="?", default="runs/mess3", help="pipeline folder (default runs/mess3)")

@@ -187,6 +187,37 @@ def analytic_decay(hmm: HMM, tol: float = 1e-9) -> float | None:
     return lam if deviation <= tol else None
 
 
+def head_patterns(heads, length: int) -> torch.Tensor:
+    """[n_heads, L, L] float64 lower-triangular ``P_j[t, s] = a_j(t - s)`` for s < t (lag >= 1; the diagonal, lag 0,
+    is 0: the skip path carries the current token), from a :class:`interp.hmm.heads.HeadCount`."""
+    if length > heads.context:
+        raise ValueError(f"the heads were solved for context {heads.context}, the tokens have length {length}")
+    t = torch.arange(length)
+    lag = t[:, None] - t[None, :]
+    a = heads.weights[:, :length].to(torch.float64)
+    return torch.where(lag > 0, a[:, lag.clamp_min(0)], torch.zeros((), dtype=torch.float64))
+
+
+def multihead_beliefs(hmm: HMM, tokens, heads=None, *, offset=None) -> torch.Tensor:
+    """[n, L, S] the multi-head construction: ``offset + v[x_t] + sum_j sum_{k>=1} a_j(k) M_j[x_{t-k}]``.
+
+    ``heads``: :func:`interp.hmm.heads.head_count` (default: at the tokens' length); head j attends to lag k with
+    weight ``a_j(k) >= 0`` and writes row ``x`` of its matrix ``M_j``. Equal to the matrix-power form of
+    :func:`construction_beliefs` up to rounding and the lags ``head_count`` leaves out (terms below its
+    tolerance of lag 0's)."""
+    from interp.hmm.heads import head_count
+
+    V, S = hmm.n_tokens, hmm.n_states
+    tokens = _tokens(tokens, V).cpu()
+    heads = head_count(hmm, tokens.shape[1]) if heads is None else heads
+    b = hmm.pi.cpu() if offset is None else _float64(offset, "offset", (S,))
+    out = token_vectors(hmm).cpu()[tokens] + b
+    if heads.n_heads:
+        writes = heads.matrices.to(torch.float64)[:, tokens]  # [J, n, L, S]
+        out = out + torch.einsum("jts,jnsd->ntd", head_patterns(heads, tokens.shape[1]), writes)
+    return out
+
+
 def construction_beliefs(hmm: HMM, tokens, *, decay: float | None = None, vectors=None, offset=None) -> torch.Tensor:
     """[n, L, S] the construction's beliefs after tokens x_0..x_t of ``tokens`` [n, L]:
 
@@ -636,4 +667,92 @@ def transformer_construction(hmm: HMM, n_ctx: int, decay: float, vectors=None, *
         state[key] = value.to(dtype=state[key].dtype, device=state[key].device)
     model.load_state_dict(state)
     model.construction = {"decay": decay, "bos": bos, "channels": ch}
+    return model
+
+
+def multihead_channels(n_states: int, n_tokens: int, n_pos: int) -> dict[str, slice]:
+    """Residual-stream layout of :func:`multihead_transformer_construction` (d_model = S + V + n_pos):
+    ``belief`` [0, S): ``eta_hat - pi`` (the current token's ``v[x]`` from the embedding plus every head's
+    output); ``token`` [S, S + V): the current token one-hot (the heads' values); ``position``: the position one-hot
+    (queries and keys)."""
+    S, V = n_states, n_tokens
+    return {"belief": slice(0, S), "token": slice(S, S + V), "position": slice(S + V, S + V + n_pos)}
+
+
+def multihead_transformer_construction(hmm: HMM, n_ctx: int, heads=None, *, offset=None,
+                                       dtype: torch.dtype = torch.float64):
+    """A 1-layer attention-only TransformerLens native model (no normalisation, BOS first) with one head per
+    generator of :func:`interp.hmm.heads.head_count` (default: at ``n_ctx``), computing :func:`multihead_beliefs`.
+
+    Layout (:func:`multihead_channels`): the token embedding writes ``v[x]`` into the belief channels (lag 0, kept
+    by the skip path) and a one-hot into the token channels; the positional embedding writes a position one-hot.
+    Head j (d_head = max(n_ctx + 1, V)) has the query ``sqrt(d_head) e_t`` at position t and the key
+    ``(S_j[0, p], ..., S_j[n_ctx, p])`` at key position p, so its score is any lower-triangular ``S_j[t, p]``:
+    ``log(a_j(t - p) / g_j)`` for a real key at lag >= 1 (``NEVER_LOGIT`` where the weight is 0 and at lag 0),
+    and on BOS (value 0) the rest of the row, ``log(1 - sum_{k=1}^{t-1} a_j(k) / g_j)``, with
+    ``g_j = 2 sum_k a_j(k)`` so that the rest is at least 1/2. Its value is the token one-hot and W_O writes
+    ``g_j M_j`` into the belief channels. The belief channels at position p are then ``eta_hat - pi`` after the first
+    p real tokens (0 at BOS); the unembedding reads them (:func:`readout_logits_params`, BOS never predicted).
+    Inputs come from :func:`to_tokens_with_bos`. A process that needs no head gets one with zero output."""
+    from interp.hmm.heads import head_count
+    from interp.models.configs import TransformerConfig
+    from interp.models.transformer import build_transformer
+
+    V, S = hmm.n_tokens, hmm.n_states
+    heads = head_count(hmm, n_ctx) if heads is None else heads
+    if n_ctx > heads.context:
+        raise ValueError(f"the heads were solved for context {heads.context}, the model has n_ctx {n_ctx}")
+    W_U, b_U = _readout_with_offset(hmm, offset)
+    n_pos, d_vocab = n_ctx + 1, V + 1
+    ch = multihead_channels(S, V, n_pos)
+    belief, tok, pos_ch = ch["belief"], ch["token"], ch["position"]
+    n_heads, d_model, d_head = max(heads.n_heads, 1), S + V + n_pos, max(n_pos, V)
+    model = build_transformer(TransformerConfig(n_layers=1, n_heads=n_heads, d_model=d_model, d_head=d_head,
+                                                positional="standard", normalization="none"),
+                              d_vocab, n_pos, dtype=dtype)
+
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+    eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+    embed = zeros(d_vocab, d_model)
+    embed[:V, belief] = token_vectors(hmm).cpu()
+    embed[:V, tok] = eye(V)
+    pos = zeros(n_pos, d_model)
+    pos[:, pos_ch] = eye(n_pos)
+    q_weight, k_weight = zeros(n_heads * d_head, d_model), zeros(n_heads * d_head, d_model)
+    v_weight, o_weight = zeros(n_heads * d_head, d_model), zeros(d_model, n_heads * d_head)
+    t = torch.arange(n_pos)
+    for j in range(heads.n_heads):
+        rows = slice(j * d_head, (j + 1) * d_head)
+        a = heads.weights[j, :n_ctx].to(torch.float64)  # a_j(k), k = 0..n_ctx-1
+        gain = 2.0 * float(a.sum()) or 1.0  # a head no lag uses writes nothing either way
+        lag = (t[:, None] - t[None, :]).clamp(0, n_ctx - 1)
+        real = (t[None, :] >= 1) & (t[:, None] > t[None, :])  # real keys at lag >= 1
+        w = torch.where(real, a[lag] / gain, zeros(1))
+        scores = torch.where(w > 0, torch.log(torch.where(w > 0, w, 1.0)), NEVER_LOGIT)
+        scores[:, 0] = torch.log1p(-w.sum(1))  # BOS takes the rest of the row
+        q_weight[rows][:n_pos, pos_ch] = math.sqrt(d_head) * eye(n_pos)
+        k_weight[rows][:n_pos, pos_ch] = scores
+        v_weight[rows][:V, tok] = eye(V)
+        o_weight[belief, j * d_head:j * d_head + V] = gain * heads.matrices[j].to(torch.float64).T
+    unembed = zeros(d_vocab, d_model)
+    unembed[:V, belief] = W_U.T
+    unembed_bias = torch.full((d_vocab,), NEVER_LOGIT, dtype=torch.float64)
+    unembed_bias[:V] = b_U
+    values = {
+        "embed.weight": embed, "pos_embed.weight": pos,
+        "blocks.0.attn.q.weight": q_weight, "blocks.0.attn.q.bias": zeros(n_heads * d_head),
+        "blocks.0.attn.k.weight": k_weight, "blocks.0.attn.k.bias": zeros(n_heads * d_head),
+        "blocks.0.attn.v.weight": v_weight, "blocks.0.attn.v.bias": zeros(n_heads * d_head),
+        "blocks.0.attn.o.weight": o_weight, "blocks.0.attn.o.bias": zeros(d_model),
+        "unembed.weight": unembed, "unembed.bias": unembed_bias,
+    }
+    state = model.state_dict()
+    if set(state) != set(values):
+        raise RuntimeError(f"unexpected TransformerLens state-dict keys: {sorted(set(state) ^ set(values))}")
+    for key, value in values.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise RuntimeError(f"{key}: expected shape {tuple(value.shape)}, the model has {tuple(state[key].shape)}")
+        state[key] = value.to(dtype=state[key].dtype, device=state[key].device)
+    model.load_state_dict(state)
+    model.construction = {"heads": heads.n_heads, "bos": True, "channels": ch}
     return model
