@@ -36,9 +36,14 @@ def ensure_cache(run_dir: Path, *, device="cpu", log=lambda msg: None) -> Activa
 
 
 def residual_hooks(cache: ActivationCache) -> list[str]:
-    """Hooks holding a residual stream or a state (not attention patterns), each stored tensor once."""
+    """Hooks holding the residual stream between blocks or a state (not attention patterns), each stored tensor once.
+
+    An MLP's output is not a residual stream, and ``hook_resid_mid`` (inside a block) is left out so that the
+    concatenation is the paper's "every layer's residual stream" with the same width as without MLPs, and probes
+    fitted before the cache kept it stay what a refit would give."""
     aliases = cache.meta.get("aliases", {})
-    return [h for h in cache.hooks if "hook_pattern" not in h and h not in aliases]
+    return [h for h in cache.hooks if "hook_pattern" not in h and h not in aliases
+            and not h.endswith(("hook_resid_mid", "hook_mlp_out"))]
 
 
 @dataclass(frozen=True)

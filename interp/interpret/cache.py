@@ -40,10 +40,11 @@ from interp.rundir import (ACTIVATIONS, CACHE, CACHE_DATA, CACHE_META, MODEL, MO
                            remove_stale_temporaries, shard_name, temporary_folder)
 
 CACHE_FORMAT = 1
-# The hooks a cache keeps: the residual stream at every layer, attention patterns and SSM states.
-# (hook_pos_embed is left out: it is the same W_pos for every input.)
-_HOOK_PATTERN = re.compile(r"^(hook_embed|blocks\.(\d+)\.(hook_resid_pre|hook_state|attn\.hook_pattern|hook_resid_post))$")
-_HOOK_ORDER = ["hook_resid_pre", "hook_state", "attn.hook_pattern", "hook_resid_post"]
+# The hooks a cache keeps: the residual stream at every layer (with MLPs also between attention and MLP), the
+# MLPs' outputs, attention patterns and SSM states. (hook_pos_embed is left out: it is the same W_pos for every input.)
+_HOOK_PATTERN = re.compile(r"^(hook_embed|blocks\.(\d+)\.(hook_resid_pre|hook_state|attn\.hook_pattern|hook_resid_mid"
+                           r"|hook_mlp_out|hook_resid_post))$")
+_HOOK_ORDER = ["hook_resid_pre", "hook_state", "attn.hook_pattern", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
 _TMP, _OLD = ".cache.tmp_", ".cache.old_"  # a cache being built, and the one it replaces, inside the run folder
 
 
@@ -117,9 +118,20 @@ def run_fingerprint(run_dir: Path) -> dict:
     return {"config_hash": meta["config_hash"], "weights_sha256": sha256_file(run_dir / MODEL)}
 
 
-def cache_inputs(run_dir: Path) -> dict:
-    """What a cache is made from (its fingerprint in the run's manifest)."""
-    return {"format": CACHE_FORMAT, **run_fingerprint(run_dir)}
+def cache_inputs(run_dir: Path, fingerprint: dict | None = None) -> dict:
+    """What a cache is made from (its fingerprint in the run's manifest; ``fingerprint``: the run's, if already
+    read). For a transformer with MLPs it also says that the cache keeps hook_resid_mid and hook_mlp_out, so that
+    caches made before they were kept are stale; models without MLPs have no such hooks and keep the fingerprint
+    (and the caches) they had."""
+    out = {"format": CACHE_FORMAT, **(run_fingerprint(run_dir) if fingerprint is None else fingerprint)}
+    if _has_mlps(run_dir):
+        out["mlp_hooks"] = True
+    return out
+
+
+def _has_mlps(run_dir: Path) -> bool:
+    model = read_json(Path(run_dir) / MODEL_META).get("config", {}).get("model", {})
+    return model.get("family") == "transformer" and model.get("attn_only", True) is False
 
 
 @torch.no_grad()
@@ -193,7 +205,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     files = [final / name for name in (CACHE_META, CACHE_DATA, *(s["file"] for s in shards))]
-    manifest.record(ACTIVATIONS, {"format": CACHE_FORMAT, **fingerprint}, files)
+    manifest.record(ACTIVATIONS, cache_inputs(run_dir, fingerprint), files)
     return final
 
 

@@ -160,8 +160,9 @@ def format_markdown(res: dict) -> str:
         lines += ["", "Figures: " + ", ".join(f"`{FIGURES}/{f}`" for f in res["figures"])]
     sec = res.get("seconds")
     if sec:
-        lines += ["", f"Time on this machine: training and probing {sec['runs']:.0f} s ({sec['ran']} runs), "
-                      f"analysis {sec['analysis']:.0f} s."]
+        runs = f"{sec['ran']} run{'s' * (sec['ran'] != 1)}"
+        lines += ["", f"Time on this machine: training and probing {sec['runs']:.0f} s ({runs}), analysis "
+                      f"{sec['analysis']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 

@@ -89,3 +89,55 @@ def test_quick_study_is_another_folder_at_quick_sizes():
     for run in cfg.run_configs().values():
         assert run.train.steps <= 60 and run.train.context == 4
     assert cfg.runs["rr"].process.name == "rrxor" and cfg.runs["rr"].seed == 3
+
+
+def test_tiny_study_end_to_end_table_from_the_runs_and_runs_reused(tmp_path):
+    from interp.io import read_json
+
+    data = tiny()
+    data["runs"] = {"rr": data["runs"]["rr"]}
+    data["process"] = {"name": "rrxor", "params": {}}
+    cfg = ST.study_config_from_dict(data)
+    logs: list[str] = []
+    res = ST.Study(cfg, tmp_path / "s", workers=0, log=logs.append).run()
+    root = tmp_path / "s"
+    probe = read_json(root / "runs" / "rr" / "probe.json")
+    result = read_json(root / "runs" / "rr" / "result.json")
+    rows = {r["quantity"]: r for r in res["rows"]}
+    assert rows["relative loss (eval / optimal)"]["lab"] == result["relative_loss"]
+    assert rows["relative loss (eval / optimal)"]["aim"] == 1.5
+    assert rows["relative loss (eval / optimal)"]["met"] == ("yes" if result["relative_loss"] <= 1.5 else "no")
+    assert rows["concatenated-layers probe R^2"]["lab"] == probe["all_layers"]["r2"]
+    assert rows["model"]["paper"] == "the paper's model"
+    assert read_json(root / "table.json")["rows"] == res["rows"]
+    md = (root / "table.md").read_text()
+    assert md.startswith("# tiny: ") and "| relative loss (eval / optimal) |" in md
+    assert res["seconds"]["ran"] == 1
+    for name in res["figures"]:
+        assert (root / "figures" / name).is_file()
+    # RRXOR has histories with equal next-token distributions and different beliefs
+    assert res["extra"]["beyond_next_token"]["groups"]
+    # a second call reuses the trained and probed run, and redraws the same figures byte for byte
+    before = {n: (root / "figures" / n).read_bytes() for n in res["figures"]}
+    again = ST.Study(cfg, root, workers=0, log=logs.append).run()
+    assert again["seconds"]["ran"] == 0
+    assert {n: (root / "figures" / n).read_bytes() for n in again["figures"]} == before
+
+
+def test_a_failed_run_is_reported_in_one_line_and_the_others_kept(tmp_path, monkeypatch):
+    from interp.studies import jobs
+
+    cfg = ST.study_config_from_dict(tiny())
+    real = jobs.train_and_probe
+
+    def flaky(cfg_dict, run_dir, device):
+        if cfg_dict["name"] == "rr":
+            raise RuntimeError("boom")
+        return real(cfg_dict, run_dir, device)
+
+    monkeypatch.setattr(ST, "train_and_probe", flaky)
+    with pytest.raises(ST.StudyError) as err:
+        ST.Study(cfg, tmp_path / "s", workers=0, log=lambda m: None).run()
+    assert "1 of 2 runs failed: rr (RuntimeError: boom)" in str(err.value) and "\n" not in str(err.value)
+    assert (tmp_path / "s" / "runs" / "tf" / "probe.json").is_file()
+    assert not (tmp_path / "s" / "table.json").exists()
