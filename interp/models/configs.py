@@ -39,6 +39,9 @@ class TransformerConfig:
     attn_only: bool = True
     d_mlp: int | None = None  # None: 4 * d_model
     act_fn: Literal["relu", "gelu"] = "relu"  # TransformerLens's names
+    # False: no residual skip path, ``blocks.{l}.hook_resid_post`` is the attention output alone (a step of the
+    # minimal-model chain); attention-only models only.
+    skip: bool = True
 
     def __post_init__(self):
         _positive(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model, d_head=self.d_head)
@@ -52,6 +55,9 @@ class TransformerConfig:
                                  f"MLPs)")
         elif self.d_mlp is not None:
             _positive(d_mlp=self.d_mlp)
+        if not self.skip and not self.attn_only:
+            raise ValueError("skip = false needs attn_only = true (only an attention-only block can drop its skip "
+                             "path)")
 
     @property
     def mlp_width(self) -> int:
@@ -59,10 +65,10 @@ class TransformerConfig:
         return 0 if self.attn_only else self.d_mlp or 4 * self.d_model
 
     def to_dict(self) -> dict:
-        """Without the MLP keys at their defaults: an attention-only config keeps the hash it had before the
-        keys existed, so its run folders stay fresh."""
+        """Without the MLP keys and ``skip`` at their defaults: an attention-only config keeps the hash it had
+        before the keys existed, so its run folders stay fresh."""
         out = to_dict(self)
-        for key, default in _MLP_DEFAULTS.items():
+        for key, default in {**_MLP_DEFAULTS, "skip": True}.items():
             if out[key] == default:
                 del out[key]
         return out

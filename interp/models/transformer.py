@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources.native.model import NativeBlock
 
 from interp.models.configs import TransformerConfig
 
@@ -37,4 +38,17 @@ def build_transformer(cfg: TransformerConfig, n_tokens: int, n_ctx: int, *, seed
                                           device=device, dtype=dtype)
     model.family = "transformer"
     model.bos_token = n_tokens if cfg.bos else None
+    if not cfg.skip:
+        for block in model.blocks:  # same weights and hooks; only the block's sum changes
+            block.original_component.__class__ = _NoSkipBlock
     return model
+
+
+class _NoSkipBlock(NativeBlock):
+    """An attention-only block without the residual skip path: its output (``hook_resid_post``) is the attention
+    output (``hook_attn_out``) alone."""
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, **kwargs):
+        attn_out, _pattern = self.attn(self.ln1(hidden_states), attention_mask=attention_mask,
+                                       position_ids=position_ids)
+        return (attn_out,)
