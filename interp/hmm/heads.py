@@ -17,7 +17,7 @@ span, r when they lie strictly inside a half-space (a pointed cone), r + 1 when 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -213,3 +213,14 @@ def head_count(hmm: HMM | GHMM, context: int, tol: float = TOL) -> HeadCount:
                "lie in no half-space (their non-negative combinations contain a line), so one head more is needed")
         why = f"{n} heads: over {lags} the lag terms span {r} dimensions and {how} ({spectrum}{turn})"
     return result(n, why, r, pointed, margin, matrices, weights)
+
+
+def keep_heads(heads: HeadCount, keep) -> HeadCount:
+    """``heads`` with only the heads ``keep`` (distinct indices), their matrices and weights unchanged: what that
+    subset of the solution writes (lags whose term needs a dropped head are written short or not at all). The
+    reason, eigenvalues and cone numbers stay those of the full count."""
+    keep = list(keep)
+    if len(set(keep)) != len(keep) or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < heads.n_heads
+                                          for j in keep):
+        raise ValueError(f"keep must be distinct head indices in [0, {heads.n_heads}), got {keep}")
+    return replace(heads, n_heads=len(keep), matrices=heads.matrices[keep], weights=heads.weights[keep])

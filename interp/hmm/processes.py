@@ -172,6 +172,21 @@ def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
     return HMM(T)
 
 
+@register("rotation")
+def rotation(p: float = 0.9, a: float = 0.6) -> HMM:
+    """3 states, 3 tokens: the hidden state rotates ``i -> i + 1 (mod 3)`` with probability ``p`` and stays with
+    ``1 - p``; emissions are Mess3's (``a`` on the diagonal of E, ``b = (1 - a) / 2`` off it), ``T[k, i, j] =
+    Smat[i, j] E[j, k]``. Smat is doubly stochastic (pi uniform) and its zero-sum eigenvalues are the complex pair
+    ``1 - p + p e^{+-2 pi i / 3} = 1 - 3p/2 +- i p sqrt(3) / 2``, so the first-order update turns a lag (a head
+    count above one, docs/construction.md "How many heads")."""
+    p, a = _probability(p, "p", open_low=True), _probability(a, "a")
+    b = (1.0 - a) / 2.0
+    eye = torch.eye(3, dtype=torch.float64)
+    smat = (1.0 - p) * eye + p * torch.roll(eye, 1, dims=1)
+    emit = torch.full((3, 3), b, dtype=torch.float64).fill_diagonal_(a)
+    return HMM(torch.einsum("ij,jk->kij", smat, emit))
+
+
 def _rrxor_T(p1: float, p2: float) -> torch.Tensor:
     T = torch.zeros(2, 5, 5, dtype=torch.float64)
     T[0, 0, 1], T[1, 0, 2] = 1 - p1, p1
