@@ -20,7 +20,17 @@ from interp.training.trainer import lr_at
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 # runs/recovery_*.toml are recovery studies (interp recover), runs/pipeline_*.toml pipelines (interp run,
 # tested in test_pipeline.py), runs/sweep_*.toml sweeps (interp sweep); the rest are training runs
-SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith(("recovery_", "pipeline_", "sweep_")))
+
+def _top_keys(path: Path) -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads(path.read_text()))
+
+
+SHIPPED_STUDIES = sorted(p for p in RUNS.glob("*.toml") if "kind" in _top_keys(p))  # interp study
+SHIPPED_ANIMATIONS = sorted(p for p in RUNS.glob("*.toml") if "animation" in _top_keys(p))  # a sweep, drawn
+SHIPPED = sorted(p for p in RUNS.glob("*.toml") if not p.stem.startswith(("recovery_", "pipeline_", "sweep_"))
+                 and p not in SHIPPED_STUDIES and p not in SHIPPED_ANIMATIONS)
 SHIPPED_RECOVERY = sorted(RUNS.glob("recovery_*.toml"))
 SHIPPED_SWEEPS = sorted(RUNS.glob("sweep_*.toml"))
 
@@ -247,6 +257,27 @@ def test_shipped_sweep_config_loads(path):
     assert all(run_config_from_dict(p.config.to_dict()) == p.config for p in cfg.points)
 
 
+@pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=[p.stem for p in SHIPPED_STUDIES])
+def test_shipped_study_config_loads(path):
+    from interp.studies.study import KINDS, load_study_config, study_config_from_dict
+
+    cfg = load_study_config(path)
+    assert cfg.name == path.stem and cfg.kind in KINDS and cfg.runs
+    again = study_config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert {k: r.hash() for k, r in again.run_configs().items()} == {k: r.hash() for k, r in cfg.run_configs().items()}
+    for run in cfg.run_configs().values():
+        assert run_config_from_dict(run.to_dict()) == run
+
+
+@pytest.mark.parametrize("path", SHIPPED_ANIMATIONS, ids=[p.stem for p in SHIPPED_ANIMATIONS])
+def test_shipped_animation_config_loads(path):
+    from interp.figures.animation import load_animation_config
+
+    cfg = load_animation_config(path)
+    assert cfg.sweep.name == path.stem and cfg.sweep.points
+    assert all(run_config_from_dict(p.config.to_dict()) == p.config for p in cfg.sweep.points)
+
+
 # ----------------------------------------------------------- lr schedule
 def test_lr_warmup_is_linear_to_the_peak():
     cfg = TrainConfig(lr=0.4, steps=100, warmup_steps=4, schedule="constant")
@@ -285,14 +316,17 @@ def config_class(kind: str) -> type:
     from interp.studies.sweep import SweepConfig
     from interp.training.runconfig import RunConfig
 
-    return {"run": RunConfig, "pipeline": PipelineConfig, "sweep": SweepConfig, "recovery": RecoveryConfig}[kind]
+    from interp.studies.study import StudyConfig
+
+    return {"run": RunConfig, "pipeline": PipelineConfig, "sweep": SweepConfig, "recovery": RecoveryConfig,
+            "study": StudyConfig}[kind]
 
 
 def _shipped_kinds() -> list[tuple[Path, str]]:
     from importlib.resources import files
 
     kinds = [(p, "run") for p in SHIPPED] + [(p, "recovery") for p in SHIPPED_RECOVERY]
-    kinds += [(p, "sweep") for p in SHIPPED_SWEEPS]
+    kinds += [(p, "sweep") for p in SHIPPED_SWEEPS] + [(p, "study") for p in SHIPPED_STUDIES]
     return kinds + [(Path(str(files("interp.pipeline").joinpath("default.toml"))), "pipeline")]
 
 
@@ -519,12 +553,20 @@ def test_check_memory_names_the_key_whose_smallest_value_would_fit(changes, mode
     check_memory(model or TransformerConfig(), replace(TrainConfig(), **changes), 3, 3, None)  # unknown: no check
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_configs_need_far_less_than_a_laptop(path):
+def _shipped_runs() -> list[tuple[str, object]]:
+    from interp.studies.study import load_study_config
+
+    runs = [(p.stem, load_run_config(p)) for p in SHIPPED]
+    for p in SHIPPED_STUDIES:
+        runs += [(f"{p.stem}.{name}", run) for name, run in load_study_config(p).run_configs().items()]
+    return runs
+
+
+@pytest.mark.parametrize("name,cfg", _shipped_runs(), ids=[n for n, _ in _shipped_runs()])
+def test_shipped_configs_need_far_less_than_a_laptop(name, cfg):
     from interp.hmm.blocked import BlockedHMM
     from interp.training.runconfig import memory_estimate
 
-    cfg = load_run_config(path)
     hmm = cfg.process.build()
     est = memory_estimate(cfg.model, cfg.train, hmm.n_tokens, hmm.n_states, monte_carlo=not isinstance(hmm, BlockedHMM))
     assert max(est.values()) < 4e9, est

@@ -71,7 +71,7 @@ def test_an_edited_model_json_is_refused_and_a_bare_checkpoint_is_not(run, capsy
 # ------------------------------------------------------------------ cache shards
 @pytest.mark.parametrize("damage", ["truncate", "delete", "edit"])
 def test_a_damaged_shard_is_rebuilt_by_interp_cache_and_probe_then_works(run, capsys, damage):
-    build_cache(run, shard_size=100)  # 243 sequences: 3 shards
+    build_cache(run, shard_size=30)  # 81 sequences (the four trained positions of context 5): 3 shards
     shards = sorted((run / "cache").glob("shard_*.safetensors"))
     assert len(shards) == 3 and cache_is_fresh(run)
     shard = shards[-1]
@@ -85,14 +85,14 @@ def test_a_damaged_shard_is_rebuilt_by_interp_cache_and_probe_then_works(run, ca
     capsys.readouterr()
     assert main(["cache", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "up to date" not in out and out.startswith(f"{run / 'cache'}: 243 sequences")
+    assert "up to date" not in out and out.startswith(f"{run / 'cache'}: 81 sequences")
     assert cache_is_fresh(run)
     assert main(["probe", str(run), "--causal-points", "20"]) == 0
     assert load_probe_result(run) is not None
 
 
 def test_a_cache_whose_record_misses_a_shard_is_not_fresh(run, capsys):
-    build_cache(run, shard_size=100)
+    build_cache(run, shard_size=30)
     manifest = Manifest(run)
     entries = manifest.entries()
     del entries["cache"]["files"]["cache/shard_00002.safetensors"]  # a record that cannot vouch for the shard
@@ -106,7 +106,7 @@ def test_a_cache_whose_record_misses_a_shard_is_not_fresh(run, capsys):
 
 
 def test_a_shard_read_without_the_up_front_check_is_still_checked(run):
-    build_cache(run, shard_size=100)
+    build_cache(run, shard_size=30)
     shard = run / "cache" / "shard_00001.safetensors"
     flip_last_byte(shard)
     cache = cache_module.load_cache(run, check=False)  # as `ensure_cache` loads a cache it has just checked

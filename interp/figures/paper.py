@@ -3,7 +3,7 @@
     python -m interp.figures.paper --transformer runs/mess3_tf1 --fixed-attention runs/mess3_fixed \\
         --ssm runs/mess3_ssm --belief-net runs/mess3_belief_net --construction runs/mess3_construction \\
         --geometry RRXOR=runs/rrxor_tf1 --geometry Z1R=runs/z1r_tf1 \\
-        --geometry "Mess3(0.05, 0.85)=runs/mess3_sharp_tf1" \\
+        --geometry "Mess3(0.05, 0.85)=runs/mess3_sharp_tf1" --learner RRXOR=runs/shai2024_rrxor \\
         --recovery runs/recovery_small --compare runs/compare --out /tmp/figs
 
 From Python (what ``interp figures`` and ``interp run`` call):
@@ -23,7 +23,8 @@ F4 f4_training_curves   relative loss - 1 against tokens and seconds
 F5 f5_probe_r2          probe R^2 per hook and family, with the shuffled control
 F6 f6_ssm_spectrum      the SSM's eigenvalues against the spectrum of Smat
 F7 f7_recovery          Belief Net vs Baum-Welch vs spectral: excess NLL against time, recovery errors
-F8 f8_other_processes   belief geometry and probe predictions of models trained on other processes
+F8 f8_other_processes   belief geometry of other processes: probe predictions of a model that learns each (the
+                        learner) beside the 1-layer attention-only contrast, and the spectrum that explains it
 """
 
 import argparse
@@ -53,6 +54,7 @@ SEED = 0  # of every subsample drawn here
 N_POINTS = 3000  # scatter points per panel (probe predictions)
 MAX_MSP_POINTS = 30000  # exact beliefs drawn from the mixed-state presentation (the most probable ones)
 SQRT3 = math.sqrt(3.0)
+ALL_LAYERS = "all_layers"  # the probe on every residual hook concatenated (interp.interpret.analyse.CONCAT)
 
 FIGURES = {  # key -> (file stem, title in index.md)
     "F1": ("f1_belief_simplex", "Exact belief simplex"),
@@ -72,13 +74,15 @@ class FigureInputs:
 
     models: family -> run folder, keys among "transformer", "fixed_attention", "ssm", "belief_net";
     construction: the hand-set construction run (``interp.interpret.analyse.build_construction_run``) or None;
-    geometry: label -> run folder of a model trained on another process (e.g. "RRXOR");
+    geometry: label -> run folder of a model trained on another process (e.g. "RRXOR"): F8's contrast;
+    geometry_learners: label -> run folder of a model that learns that process (F8 draws it above the contrast);
     recovery: folder with recovery.json (``interp recover``) or None;
     compare: folder with compare.json (``interp compare``) or None."""
 
     models: dict[str, Path] = field(default_factory=dict)
     construction: Path | None = None
     geometry: dict[str, Path] = field(default_factory=dict)
+    geometry_learners: dict[str, Path] = field(default_factory=dict)
     recovery: Path | None = None
     compare: Path | None = None
 
@@ -373,18 +377,22 @@ def heldout_sample(runs: _Runs, run: Path, k: int = N_POINTS) -> tuple[torch.Ten
     return test[idx // L], idx % L
 
 
-def probe_predictions(runs: _Runs, run: Path, k: int = N_POINTS) -> tuple[torch.Tensor, torch.Tensor, str, float]:
-    """(predicted beliefs [k, S], true beliefs [k, S], hook, held-out R^2) of the best hook's probe on a
-    held-out sample (see :func:`heldout_sample`)."""
+def probe_predictions(runs: _Runs, run: Path, k: int = N_POINTS, *,
+                      hook: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+    """(predicted beliefs [k, S], true beliefs [k, S], hook, held-out R^2) of one probe (default: the best hook's;
+    ``ALL_LAYERS``: every residual hook concatenated) on a held-out sample (see :func:`heldout_sample`)."""
     probe, weights = runs.probe(run)
-    hook = probe.best_hook
+    hook = probe.best_hook if hook is None else hook
     cache = runs.cache(run)
     seq, pos = heldout_sample(runs, run, k)
-    acts = cache[hook]
-    x = acts[seq, pos].reshape(len(seq), -1).double()
-    cache.release(hook)
+    parts = []
+    for h in probe.all_layers["hooks"] if hook == ALL_LAYERS else [hook]:  # in the order the probe was fitted
+        parts.append(cache[h][seq, pos].reshape(len(seq), -1).double())
+        cache.release(h)
+    x = torch.cat(parts, -1)
     pred = x @ weights[f"{hook}.coef"].double().T + weights[f"{hook}.intercept"].double()
-    return pred, cache.beliefs[seq, pos].double(), hook, float(probe.hooks[hook]["r2"])
+    r2 = probe.all_layers["r2"] if hook == ALL_LAYERS else probe.hooks[hook]["r2"]
+    return pred, cache.beliefs[seq, pos].double(), hook, float(r2)
 
 
 # ----------------------------------------------------------------------------- F1
@@ -477,7 +485,9 @@ def f3_attention(inputs: FigureInputs, runs: _Runs) -> Drawn:
 
     ref = _reference_run(inputs)
     cfg, hmm = runs.config(ref), runs.hmm(ref)
-    L = cfg.train.context
+    from interp.interpret.cache import evaluation_length
+
+    L = evaluation_length(cfg.train.context)  # the trained positions, as cached
     comp = _compare_construction(runs, cfg) or {}
     lam_analytic = comp.get("lambda_analytic", K.analytic_decay(hmm))
     lam_fitted = comp.get("lambda_fitted")
@@ -498,6 +508,9 @@ def f3_attention(inputs: FigureInputs, runs: _Runs) -> Drawn:
             notes.append(f"Input dependence of the transformer's pattern (`{hooks[0]}`{heads}): the mean std of an "
                          f"entry across inputs is {fixed['mean_std']:.3f}, and position alone explains "
                          f"{100 * fixed['position_share']:.1f}% of the entries' variance")
+            if getattr(runs.config(Path(tf)).model, "bos", False):
+                notes.append("The transformer reads a BOS token first: its weight on BOS (the attention sink) is left "
+                             "out of its pattern, whose rows so sum to less than 1 (the ratios below are unchanged)")
             sources.append(Path(tf))
         except Skip as why:
             notes.append(f"No transformer pattern ({why})")
@@ -505,7 +518,7 @@ def f3_attention(inputs: FigureInputs, runs: _Runs) -> Drawn:
     if fx is not None:
         try:
             with torch.no_grad():
-                M = runs.model(Path(fx)).blocks[0].attn.pattern().detach().double()
+                M = runs.model(Path(fx)).blocks[0].attn.pattern().detach().double()[:L, :L]
             mats.append(("fixed_attention", "fixed-attention model\n(its learned pattern M)", M))
             sources.append(Path(fx))
         except (Skip, FileNotFoundError, ValueError) as why:
@@ -835,41 +848,99 @@ def f7_recovery(inputs: FigureInputs, runs: _Runs) -> Drawn:
 
 
 # ----------------------------------------------------------------------------- F8
+def _model_label(model) -> str:
+    if model.family != "transformer":
+        return style.family_label(model.family)
+    kind = "attention-only" if model.attn_only else f"standard ({model.normalization}, MLP)"
+    heads = f"{model.n_heads} head{'s' if model.n_heads > 1 else ''}"
+    return f"{model.n_layers}-layer {kind} transformer, {heads}" + (", BOS" if model.bos else "")
+
+
+def _geometry_panel(runs: _Runs, run: Path, *, concat: bool) -> tuple:
+    """(config, predictions, true beliefs, hook, R^2, relative loss) of a geometry run: its best hook's probe, or with
+    ``concat`` the better of that and the concatenation of every residual hook."""
+    cfg = runs.config(run)
+    probe, _ = runs.probe(run)
+    hook = ALL_LAYERS if concat and probe.all_layers.get("r2", -math.inf) > probe.best_r2 else None
+    pred, true, hook, r2 = probe_predictions(runs, run, hook=hook)
+    rel = runs.result(run).get("relative_loss") if (run / "result.json").is_file() else None
+    return cfg, pred, true, hook, r2, rel
+
+
+def _hook_words(hook: str) -> str:
+    return "every layer concatenated" if hook == ALL_LAYERS else hook.split(".", 1)[-1] if hook.startswith(
+        "blocks.") else hook
+
+
 def f8_other_processes(inputs: FigureInputs, runs: _Runs) -> Drawn:
-    if not inputs.geometry:
+    if not inputs.geometry and not inputs.geometry_learners:
         raise Skip("no geometry runs given")
+    roles = (("learner", inputs.geometry_learners), ("contrast", inputs.geometry))
     cols, missing, sources = [], [], []
-    for label in inputs.geometry:  # in the order given
-        run = Path(inputs.geometry[label])
-        try:
-            cfg, hmm = runs.config(run), runs.hmm(run)
-            pred, true, hook, r2 = probe_predictions(runs, run)
-            rel = runs.result(run).get("relative_loss") if (run / "result.json").is_file() else None
-            cols.append((label, run, cfg, hmm, pred, true, hook, r2, rel))
-            sources.append(run)
-        except Skip as why:
-            missing.append(f"{label} ({why})")
+    for label in dict.fromkeys([*inputs.geometry, *inputs.geometry_learners]):  # in the order given
+        panels = {}
+        for role, given in roles:
+            if label not in given:
+                continue
+            run = Path(given[label])
+            try:
+                panels[role] = (run, *_geometry_panel(runs, run, concat=role == "learner"))
+                sources.append(run)
+            except Skip as why:
+                missing.append(f"{label} {role} ({why})")
+        if "learner" in panels and "contrast" in panels:
+            a, b = (_process_label(panels[r][1]) for r in ("learner", "contrast"))
+            if a != b:  # one column holds one process
+                missing.append(f"{label} contrast ({panels['contrast'][0]} is on {b}, its learner on {a})")
+                del panels["contrast"]
+        if panels:
+            cols.append((label, panels))
     if not cols:
         raise Skip("no usable geometry run: " + "; ".join(missing))
-    n = len(cols)
-    fig, axes = plt.subplots(2, n, figsize=(3.5 * n, 6.6), layout="constrained", squeeze=False)
-    parts = []
-    for j, (label, run, cfg, hmm, pred, true, hook, r2, rel) in enumerate(cols):
+    shown = [role for role, given in roles if any(role in p for _, p in cols)]
+    n, rows = len(cols), 1 + len(shown)
+    fig, axes = plt.subplots(rows, n, figsize=(3.6 * n, 3.3 * rows), layout="constrained", squeeze=False)
+    parts, reasons = [], []
+    for j, (label, panels) in enumerate(cols):
+        first = next(iter(panels.values()))
+        run, cfg = first[0], first[1]
+        hmm = runs.hmm(run)
         b, w, n_distinct = runs.exact(run)
         proj = Projection.fit(b, w)
-        lims = proj.limits(proj.xy(b), proj.xy(pred))
+        lims = proj.limits(proj.xy(b), *(proj.xy(p[2]) for p in panels.values()))
         _draw_exact(axes[0, j], proj, b, w, scale=40.0, lims=lims)
         axes[0, j].set_title(f"{label}: exact\n{n_distinct} beliefs within {cfg.train.context} tokens")
-        _draw_points(axes[1, j], proj, pred, true, lims)  # the same view as the exact panel above
-        axes[1, j].set_title(f"{label}: probe ({style.family_label(cfg.model.family)})\n"
-                             f"$R^2$ = {r2:.3f}, relative loss {_fmt(rel, '.4f')}")
-        parts.append(f"{label} ({_process_label(cfg)}, {hmm.n_states} states, drawn on {proj.describe()}): "
-                     f"{n_distinct} distinct beliefs, probe R^2 {r2:.4f} at `{hook}`, relative loss {_fmt(rel, '.6f')}")
-    caption = (f"Models trained on other processes. Top: the exact belief geometry (mixed-state presentation to the "
-               f"context length; colour: the belief, as RGB for 3 states or its first three principal components "
-               f"otherwise; area: probability). Bottom: the best-hook linear probe's predictions for {N_POINTS} "
-               f"held-out (sequence, position) points drawn by probability, projected the same way and coloured by "
-               f"their true belief. " + "; ".join(parts) + "."
+        words = []
+        for i, role in enumerate(shown, start=1):
+            ax = axes[i, j]
+            if role not in panels:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no {role} run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+                continue
+            run, rcfg, pred, true, hook, r2, rel = panels[role]
+            _draw_points(ax, proj, pred, true, lims)  # the same view as the exact panel above
+            ax.set_title(f"{role}: {_model_label(rcfg.model)}\n$R^2$ = {r2:.3f} ({_hook_words(hook)}), "
+                         f"rel. loss {_fmt(rel, '.4f')}", fontsize=8)
+            words.append(f"{role} ({_model_label(rcfg.model)}, {rcfg.train.steps} steps): relative loss "
+                         f"{_fmt(rel, '.6f')}, probe R^2 {r2:.4f} at `{hook}`")
+        parts.append(f"{label} ({_process_label(cfg)}, {hmm.n_states} states, {n_distinct} distinct beliefs, drawn "
+                     f"on {proj.describe()}): " + "; ".join(words))
+        from interp.hmm.heads import head_count
+
+        reasons.append(f"{label}: {head_count(hmm, cfg.train.context).reason}")
+    caption = (f"Models trained on other processes. Top row: the exact belief geometry (mixed-state presentation to "
+               f"the context length; colour: the belief, as RGB for 3 states or its first three principal components "
+               f"otherwise; area: probability). Below, in the same view: linear-probe predictions for {N_POINTS} "
+               f"held-out (sequence, position) points drawn by probability, coloured by their true belief, "
+               + ("first from a model that learns the process (the learner; its probe on every layer's residual "
+                  "stream concatenated when that beats its best single hook), then " if "learner" in shown else "")
+               + "from the pipeline's 1-layer attention-only transformer (the contrast; best hook). "
+               + "; ".join(parts) + ". Why the contrast fails where it does: one attention layer read out linearly "
+               "writes at best the first-order (constrained) update, in which past tokens get position-dependent "
+               "weights, and one softmax head's weights are non-negative. The head-count rule (`interp.hmm.heads`, "
+               "docs/construction.md) says what that update needs: " + "; ".join(reasons) + ". A process whose "
+               "first-order update keeps no memory (RRXOR: its beliefs turn on the XOR of earlier tokens) is beyond "
+               "any number of heads; one that needs more heads than the contrast has is beyond it."
                + (" Not shown: " + "; ".join(missing) + "." if missing else ""))
     return Drawn(fig, caption, sources)
 
@@ -964,6 +1035,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run folder of the hand-set construction (interp.interpret.analyse.build_construction_run)")
     p.add_argument("--geometry", type=_label_path, action="append", default=[], metavar="LABEL=RUN_DIR",
                    help="a model trained on another process (repeatable), e.g. RRXOR=runs/rrxor_tf1")
+    p.add_argument("--learner", type=_label_path, action="append", default=[], metavar="LABEL=RUN_DIR",
+                   help="a model that learns that process, drawn in F8 above its --geometry contrast (repeatable), "
+                        "e.g. RRXOR=runs/shai2024_rrxor")
     p.add_argument("--recovery", type=Path, metavar="DIR", help="folder with recovery.json (interp recover)")
     p.add_argument("--compare", type=Path, metavar="DIR", help="folder with compare.json (interp compare)")
     p.add_argument("--only", default=None, help="comma-separated figure keys, e.g. F1,F4 (default: all)")
@@ -971,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     inputs = FigureInputs(
         models={f: getattr(args, f) for f in FAMILIES if getattr(args, f) is not None},
-        construction=args.construction, geometry=dict(args.geometry), recovery=args.recovery, compare=args.compare)
+        construction=args.construction, geometry=dict(args.geometry), geometry_learners=dict(args.learner),
+        recovery=args.recovery, compare=args.compare)
     only = None if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
     command = "python -m interp.figures.paper " + shlex.join(argv)
     try:

@@ -23,7 +23,7 @@ from interp.progress import progress, quiet
 from interp.rundir import (COMPARE_JSON, COMPARE_MD, CONFIG, CONSTRUCTION, MODEL, MODEL_META, PROBE, PROBE_WEIGHTS,
                            PROBES, RESULT, Manifest, claim, write_config)
 
-PROBE_FORMAT = 3  # bump when what probe.json holds or how it is computed changes: older files are redone
+PROBE_FORMAT = 4  # bump when what probe.json holds or how it is computed changes (4: trained positions only)
 CONCAT = "all_layers"
 
 
@@ -328,10 +328,16 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, device="cpu
         _, cfg = load_model(run_dir)
         label = process_label(cfg)
         if label not in constructions:
-            cache = ensure_cache(run_dir, device=device, log=log)
+            from interp.hmm import beliefs as exact_beliefs
+            from interp.interpret.cache import evaluation_set
+
+            # the construction is the HMM's own: scored on every position of the context (as the hand-set
+            # construction run is), not only on the positions a trained model's cache holds
             log(f"construction for {label}")
-            constructions[label] = _nan_to_none(K.construction_report(cfg.process.build(), cache.tokens, cache.weight,
-                                                                      cache.beliefs))
+            hmm = cfg.process.build()
+            data = evaluation_set(hmm, cfg.train.context, seed=cfg.seeds()["eval"])
+            constructions[label] = _nan_to_none(K.construction_report(hmm, data.tokens, data.weight,
+                                                                      exact_beliefs(hmm, data.tokens)))
         rows.append(analyse_run(run_dir, construction=constructions[label], device=device, log=log))
     out = {"construction": constructions, "runs": rows}
     out_dir = Path(out_dir)

@@ -39,7 +39,7 @@ from interp.io import read_json, read_tensors, sha256_file, write_json, write_te
 from interp.rundir import (ACTIVATIONS, CACHE, CACHE_DATA, CACHE_META, MODEL, MODEL_META, Manifest,
                            remove_stale_temporaries, shard_name, temporary_folder)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: sequences of context - 1 tokens (evaluation_length)
 # The hooks a cache keeps: the residual stream at every layer (with MLPs also between attention and MLP), the
 # MLPs' outputs, attention patterns and SSM states. (hook_pos_embed is left out: it is the same W_pos for every input.)
 _HOOK_PATTERN = re.compile(r"^(hook_embed|blocks\.(\d+)\.(hook_resid_pre|hook_state|attn\.hook_pattern|hook_resid_mid"
@@ -65,6 +65,14 @@ def all_sequences(n_tokens: int, length: int) -> torch.Tensor:
     idx = torch.arange(n_tokens**length, dtype=torch.int64)
     powers = n_tokens ** torch.arange(length - 1, -1, -1, dtype=torch.int64)
     return (idx[:, None] // powers) % n_tokens
+
+
+def evaluation_length(context: int) -> int:
+    """Tokens per cached sequence for a model trained on sequences of ``context`` tokens: ``context - 1``. Position
+    t's output predicts token t + 1, so the last position of a training sequence is never trained (a transformer's
+    positional embedding there keeps its initial value, a fixed-attention matrix its initial last row); caches,
+    probes and everything read from them cover the positions the model was trained on."""
+    return context - 1
 
 
 def evaluation_set(hmm: H.HMM, length: int, *, max_exhaustive: int = 10**5, n_samples: int = 20_000,
@@ -150,7 +158,8 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
     if not isinstance(hmm, (H.HMM, H.GHMM)):
         raise ValueError(f"{run_dir}: caching and probing need the exact beliefs of a dense HMM or GHMM; process "
                          f"{cfg.process.name!r} is block-sparse (its filter is interp.hmm.blocked.BlockedHMM.filter)")
-    data = evaluation_set(hmm, cfg.train.context, max_exhaustive=max_exhaustive, n_samples=n_samples,
+    length = evaluation_length(cfg.train.context)
+    data = evaluation_set(hmm, length, max_exhaustive=max_exhaustive, n_samples=n_samples,
                           seed=cfg.seeds()["eval"])
     beliefs = H.beliefs(hmm, data.tokens)
     names = cached_hook_names(model)
@@ -191,7 +200,7 @@ def build_cache(run_dir: str | Path, *, device: str | torch.device = "cpu", batc
         write_json(tmp / CACHE_META, {
             "format": CACHE_FORMAT, "run": cfg.name, **fingerprint, "family": cfg.model.family,
             "process": {"name": cfg.process.name, "params": dict(cfg.process.params)},
-            "n_sequences": n, "length": cfg.train.context, "n_tokens": hmm.n_tokens, "n_states": hmm.n_states,
+            "n_sequences": n, "length": length, "n_tokens": hmm.n_tokens, "n_states": hmm.n_states,
             "exhaustive": data.exhaustive, "bos_token": bos, "hooks": names, "aliases": aliases, "shapes": shapes, "dtypes": dtypes, "shards": shards,
         })
         final = run_dir / CACHE

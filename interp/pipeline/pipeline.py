@@ -5,7 +5,8 @@
     runs/<name>/pipeline.json       the resolved pipeline config
     runs/<name>/models/<family>/    trained run folders, each with its activation cache and probes
     runs/<name>/construction/       the scaled-vector-addition construction as a hand-set run folder
-    runs/<name>/geometry/<key>/     the geometry model trained on other processes (figure F8)
+    runs/<name>/geometry/<key>/     the geometry model trained on other processes (figure F8), and
+    runs/<name>/geometry/<key>_learner/   the [geometry.learner] model that learns each of them
     runs/<name>/recovery/           the recovery study (recovery.json)
     runs/<name>/compare/            compare.json, compare.md
     runs/<name>/summary.json        the headline numbers
@@ -67,21 +68,34 @@ class ConstructionConfig:
 
 
 @dataclass(frozen=True)
+class GeometryLearner:
+    """``[geometry.learner]``: a model that learns the geometry processes (F8 shows it beside the contrast)."""
+
+    model: ModelConfig
+    train: TrainConfig = inherits("train")  # the pipeline's [train], this table's keys overriding it
+
+
+LEARNER_SUFFIX = "_learner"  # a learner's run folder: geometry/<label's slug>_learner
+
+
+@dataclass(frozen=True)
 class GeometryProcess:
     """One process the geometry model is trained on."""
 
     label: str  # its name in figures and summary.json (slugged, it names the run folder)
     name: str  # a registered process (see ``interp processes``)
     params: dict = field(default_factory=dict)
+    learner: GeometryLearner | None = None  # this process's own learner, in place of [geometry.learner]
 
 
 @dataclass(frozen=True)
 class GeometryConfig:
     """Figure F8: the belief geometry of other processes inside the same kind of model."""
 
-    model: str = "transformer"  # which [models] entry is trained on each process
+    model: str = "transformer"  # which [models] entry is trained on each process (the contrast)
     steps: int | None = None  # its train.steps there (None: the entry's own)
     processes: tuple[GeometryProcess, ...] = ()
+    learner: GeometryLearner | None = None  # a model that learns each process (none: the contrast alone)
 
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
@@ -94,6 +108,15 @@ class GeometryConfig:
             if slugs.index(slugs[i]) != i:
                 raise ValueError(f"processes[{i}]: label {label!r} names the same folder ({slugs[i]!r}) as "
                                  f"{labels[slugs.index(slugs[i])]!r}")
+        for i, p in enumerate(self.processes):  # a learner's folder is <slug>_learner
+            if self.learner_of(p) is not None and slugs[i] + LEARNER_SUFFIX in slugs:
+                other = labels[slugs.index(slugs[i] + LEARNER_SUFFIX)]
+                raise ValueError(f"processes[{i}]: the learner of {p.label!r} would share the folder "
+                                 f"{slugs[i] + LEARNER_SUFFIX!r} with {other!r}")
+
+    def learner_of(self, process: GeometryProcess) -> GeometryLearner | None:
+        """The model that learns ``process``: its own learner table, else [geometry.learner] (None: no learner)."""
+        return process.learner if process.learner is not None else self.learner
 
 
 @dataclass(frozen=True)
@@ -108,8 +131,8 @@ class FiguresConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Every stage of the lab on one process. ``runs`` and ``geometry_runs`` (the run configs of the trained
-    models) are derived from the rest."""
+    """Every stage of the lab on one process. ``runs``, ``geometry_runs`` and ``learner_runs`` (the run configs
+    of the trained models) are derived from the rest."""
 
     name: str  # the pipeline's folder name; the TOML file's stem when left out
     process: ProcessConfig  # the data of every model and of the construction
@@ -122,6 +145,7 @@ class PipelineConfig:
     figures: FiguresConfig = FiguresConfig()
     runs: dict[str, RunConfig] = field(init=False, repr=False, compare=False)  # family -> run config
     geometry_runs: dict[str, RunConfig] = field(init=False, repr=False, compare=False)  # label -> run config
+    learner_runs: dict[str, RunConfig] = field(init=False, repr=False, compare=False)  # label -> its learner's
 
     def __post_init__(self):
         check_folder_name(self.name)
@@ -138,7 +162,7 @@ class PipelineConfig:
         contexts = {cfg.train.context for cfg in runs.values()}
         if len(contexts) != 1:
             raise ValueError(f"every model must use the same train.context, got {sorted(contexts)}")
-        geo, geometry = self.geometry, {}
+        geo, geometry, learners = self.geometry, {}, {}
         if geo.processes and geo.model not in self.models:
             raise ValueError(f"geometry.model must name one of the [models] tables ({', '.join(self.models)}), "
                              f"got {geo.model!r}")
@@ -147,10 +171,16 @@ class PipelineConfig:
             if geo.steps is not None:
                 entry = replace(entry, train=replace(entry.train, steps=geo.steps))
             # the pipeline's module is imported for these too: it may register them
-            geometry[p.label] = self._run(_slug(p.label), f"geometry.processes[{i}]", entry,
-                                          ProcessConfig(p.name, p.params, self.process.module))
+            process = ProcessConfig(p.name, p.params, self.process.module)
+            geometry[p.label] = self._run(_slug(p.label), f"geometry.processes[{i}]", entry, process)
+            learner = geo.learner_of(p)
+            if learner is not None:
+                where = f"geometry.processes[{i}].learner" if p.learner is not None else "geometry.learner"
+                learners[p.label] = self._run(_slug(p.label) + LEARNER_SUFFIX, where,
+                                              ModelEntry(learner.model, learner.train), process)
         object.__setattr__(self, "runs", runs)
         object.__setattr__(self, "geometry_runs", geometry)
+        object.__setattr__(self, "learner_runs", learners)
 
     def _run(self, name: str, where: str, entry: ModelEntry, process: ProcessConfig) -> RunConfig:
         try:
@@ -186,7 +216,7 @@ def default_pipeline_config() -> PipelineConfig:
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     cfg = load_config(path, PipelineConfig)
-    check_fits(path, [*cfg.runs.values(), *cfg.geometry_runs.values()])
+    check_fits(path, [*cfg.runs.values(), *cfg.geometry_runs.values(), *cfg.learner_runs.values()])
     return cfg
 
 
@@ -216,7 +246,7 @@ def quick_config(cfg: PipelineConfig) -> PipelineConfig:
     sequences, a fixed dataset of at most 4096 sequences); the context is cut (to no less than
     :data:`QUICK_MIN_CONTEXT`) until the process has at most :data:`QUICK_PROBE_SEQUENCES` sequences of that length,
     which are the points the activation caches, probes, compare stage and figures run over (every sequence, weighted
-    by its probability: 2187 for Mess3 at context 7 instead of 59049 at 10; a process with more tokens is sampled,
+    by its probability; the caches hold one token fewer, the positions trained); a process with more tokens is sampled,
     20000 sequences, as in the real run); the recovery study runs its first seed only, on at most 200 training and
     100 held-out sequences, the Belief Net for at most 40 steps with one restart, Baum-Welch for at most 20
     iterations, an ablation's restarts at most 2. The process, the models' shapes and every other choice are the
@@ -232,6 +262,10 @@ def quick_config(cfg: PipelineConfig) -> PipelineConfig:
         entry["train"] = {**quick_train(entry["train"]), "context": context}
     if data["geometry"]["steps"] is not None:
         data["geometry"]["steps"] = min(data["geometry"]["steps"], QUICK_STEPS)
+    geo = data["geometry"]
+    for learner in [geo["learner"], *(p["learner"] for p in geo["processes"])]:
+        if learner is not None:
+            learner["train"] = {**quick_train(learner["train"]), "context": min(learner["train"]["context"], context)}
     rec = data.get("recovery")
     if rec is not None:
         rec["seeds"] = rec["seeds"][:1]
@@ -269,8 +303,10 @@ def figure_inputs(cfg: PipelineConfig, root: Path):
     lay = PipelineLayout(Path(root))
     models = {f: lay.model(f) for f in FAMILY_ORDER if f in cfg.runs}
     geometry = {label: lay.geometry(c) for label, c in cfg.geometry_runs.items()}
+    learners = {label: lay.geometry(c) for label, c in cfg.learner_runs.items()}
     return dict(models=models, construction=lay.construction if (lay.construction / RESULT).exists() else None,
-                geometry=geometry, recovery=lay.recovery if (lay.recovery / RECOVERY).exists() else None,
+                geometry=geometry, geometry_learners=learners,
+                recovery=lay.recovery if (lay.recovery / RECOVERY).exists() else None,
                 compare=lay.compare if (lay.compare / COMPARE_JSON).exists() else None)
 
 
@@ -339,7 +375,11 @@ def _estimated_seconds(job) -> float:
     stage, fn, args = job
     if fn is train_and_probe:
         cfg = args[0]
-        return cfg["train"]["steps"] * _SECONDS_PER_STEP.get(cfg["model"]["family"], 0.02) + 20
+        model = cfg["model"]
+        per_step = _SECONDS_PER_STEP.get(model["family"], 0.02)
+        if model["family"] == "transformer":  # per layer and batch of 512 (a 2-layer d_model 32 learner at 256: 0.02)
+            per_step *= model.get("n_layers", 1) * cfg["train"]["batch_size"] / 512
+        return cfg["train"]["steps"] * per_step + 20
     return 40 if fn is _recovery_seed else 20
 
 
@@ -371,7 +411,7 @@ class Pipeline:
             d = lay.model(family)
             if not (trained(run, d) and probed(d)):
                 jobs.append((f"model {family}", train_and_probe, (run.to_dict(), str(d), dev)))
-        for label, run in cfg.geometry_runs.items():
+        for run in [*cfg.geometry_runs.values(), *cfg.learner_runs.values()]:
             d = lay.geometry(run)
             if not (trained(run, d) and probed(d)):
                 jobs.append((f"geometry {run.name}", train_and_probe, (run.to_dict(), str(d), dev)))
@@ -429,7 +469,7 @@ class Pipeline:
     def _figures(self) -> None:
         cfg = self.cfg
         inputs = figure_inputs(cfg, self.lay.root)
-        run_dirs = [*inputs["models"].values(), *inputs["geometry"].values()]
+        run_dirs = [*inputs["models"].values(), *inputs["geometry"].values(), *inputs["geometry_learners"].values()]
         if inputs["construction"] is not None:
             run_dirs.append(inputs["construction"])
         depends = {"runs": [_run_state(d) for d in run_dirs],
@@ -450,7 +490,7 @@ class Pipeline:
     command = "interp run"
 
     def run(self) -> PipelineSummary:
-        for run in [*self.cfg.runs.values(), *self.cfg.geometry_runs.values()]:
+        for run in [*self.cfg.runs.values(), *self.cfg.geometry_runs.values(), *self.cfg.learner_runs.values()]:
             run.check_fits()
         with writer(self.lay.root):  # one pipeline writes a folder at a time
             adopt(self.lay.root, "pipeline", PIPELINE)
@@ -476,7 +516,8 @@ class Pipeline:
             except (FileExistsError, ValueError):  # another study's (or a corrupt) folder: this pipeline owns it
                 prepare_study(self.cfg.recovery, self.lay.recovery, force=True)
         jobs = self.jobs()
-        done = ({f"model {f}" for f in self.cfg.runs} | {f"geometry {c.name}" for c in self.cfg.geometry_runs.values()}
+        geometry = [*self.cfg.geometry_runs.values(), *self.cfg.learner_runs.values()]
+        done = ({f"model {f}" for f in self.cfg.runs} | {f"geometry {c.name}" for c in geometry}
                 | {"construction"}) - {s for s, _, _ in jobs}
         for stage in sorted(done):
             self._say(stage, "reused (trained and probed)" if stage != "construction" else "reused")
@@ -510,7 +551,7 @@ class PipelineSummary:
     models: dict[str, dict]  # family -> its run's losses, probe and causal scores (and family extras)
     construction: dict  # the scaled-vector-addition construction: decays, R^2, losses, hand-set model
     attention: dict | None  # the transformer's (and the fixed-attention model's) best head, if trained
-    geometry: dict[str, dict]  # label -> the geometry model's loss and probe on that process
+    geometry: dict[str, dict]  # label -> the geometry model's loss and probe on that process (and its learner's)
     recovery: dict | None = None  # the recovery study's methods, when it ran (the key is absent otherwise)
 
     def to_dict(self) -> dict:
@@ -599,13 +640,20 @@ def build_summary(cfg: PipelineConfig, root: str | Path) -> PipelineSummary:
         fixed = _attention_row(rows.get(str(lay.model("fixed_attention"))))
         att["fixed_attention"] = fixed
     summary["attention"] = att
-    geo = {}
-    for glabel, run in cfg.geometry_runs.items():
+    def geometry_row(run) -> dict:
         d = lay.geometry(run)
         probe = ProbeResult.from_dict(read_json(d / "probe.json"))
-        geo[glabel] = {"run": str(d), "process": process_label(run),
-                       "relative_loss": TrainResult.read(d).relative_loss,
-                       "probe_r2": probe.best_r2, "probe_hook": probe.best_hook}
+        return {"run": str(d), "process": process_label(run), "relative_loss": TrainResult.read(d).relative_loss,
+                "probe_r2": probe.best_r2, "probe_hook": probe.best_hook,
+                "probe_r2_all_layers": probe.all_layers.get("r2")}
+
+    geo = {}
+    for glabel, run in cfg.geometry_runs.items():
+        geo[glabel] = geometry_row(run)
+        if glabel in cfg.learner_runs:
+            learner = cfg.learner_runs[glabel]
+            geo[glabel]["learner"] = {**geometry_row(learner), "model": learner.model.to_dict(),
+                                      "train_steps": learner.train.steps}
     summary["geometry"] = geo
     if cfg.recovery is not None and (lay.recovery / "recovery.json").is_file():
         rec = read_json(lay.recovery / "recovery.json")["summary"]

@@ -37,7 +37,7 @@ def test_probe_run_writes_scores_and_weights(probed):
                                    "blocks.1.hook_resid_post"}  # blocks.1.hook_resid_pre is stored once
     for scores in [*saved["hooks"].values(), saved["all_layers"]]:
         assert set(scores) >= {"r2", "rmse", "simplex_distance", "r2_train", "shuffled_r2", "n_train", "n_test"}
-        assert scores["n_train"] + scores["n_test"] == 3**5
+        assert scores["n_train"] + scores["n_test"] == 3**4  # context 5: the four trained positions
     # the saved weights reproduce the held-out score's predictions
     w = read_tensors(run / "probe.safetensors")
     cache = load_cache(run)
@@ -74,7 +74,7 @@ def test_construction_run_loads_caches_and_matches_the_construction(tmp_path):
     torch.testing.assert_close(belief + hmm.pi, eta_hat, atol=1e-12, rtol=0)
     # without the BOS key the cached pattern rows are the row-normalised decay's real-token part
     pattern = cache["blocks.0.attn.hook_pattern"][0, 0]
-    t = torch.arange(5)
+    t = torch.arange(4)  # context 5: the cache holds the four trained positions
     expect = torch.where(t[:, None] >= t[None, :], (1 - 0.55) * 0.55 ** (t[:, None] - t[None, :]).clamp_min(0), 0.0)
     # (the bridge's hooked pattern carries float32 rounding even in a float64 model; the residual does not)
     torch.testing.assert_close(pattern, expect.double(), atol=1e-7, rtol=0)

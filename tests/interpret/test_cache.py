@@ -15,6 +15,7 @@ from interp.interpret.cache import (
     all_sequences,
     build_cache,
     cached_hook_names,
+    evaluation_length,
     evaluation_set,
     load_cache,
 )
@@ -67,12 +68,26 @@ def test_cache_round_trips_bit_exactly(runs, family):
     model, cfg = load_model(run_dir)
     assert cache.hooks == cached_hook_names(model)
     assert "blocks.0.hook_resid_post" in cache.hooks
-    assert cache.exhaustive and cache.tokens.shape == (3**5, 5)
+    # the positions the model was trained on: context 5 trains positions 0..3 (position 4 would predict token 5)
+    assert cfg.train.context == 5 and cache.meta["length"] == 4
+    assert cache.exhaustive and cache.tokens.shape == (3**4, 4)
     torch.testing.assert_close(cache.beliefs, H.beliefs(cfg.process.build(), cache.tokens), rtol=0, atol=0)
     with torch.no_grad():
         _, fresh = model.run_with_cache(cache.tokens, names_filter=lambda n: n in cache.hooks)
     for name in cache.hooks:
         assert torch.equal(cache[name], fresh[name]), name
+
+
+def test_the_last_position_is_never_trained_so_the_cache_leaves_it_out(runs):
+    from interp.models import build_model
+
+    model, cfg = load_model(runs["transformer"])
+    hmm = cfg.process.build()
+    init = build_model(cfg.model, hmm.n_tokens, cfg.train.context, seed=cfg.seeds()["model"], hmm=hmm)
+    last = cfg.train.context - 1
+    assert torch.equal(model.W_pos[last], init.W_pos[last])  # no gradient ever reached it
+    assert not torch.equal(model.W_pos[last - 1], init.W_pos[last - 1])
+    assert evaluation_length(cfg.train.context) == last
 
 
 def test_later_resid_pre_is_stored_once_and_read_back(runs):
@@ -97,7 +112,7 @@ def test_stale_cache_is_refused(runs, tmp_path):
     (run_dir / "model.safetensors").write_bytes(weights[:-4] + bytes(4))  # retrained weights, same config
     with pytest.raises(StaleCacheError, match="weights_sha256"):
         load_cache(run_dir)
-    assert load_cache(run_dir, check=False).tokens.shape[0] == 3**5
+    assert load_cache(run_dir, check=False).tokens.shape[0] == 3**4
     # the command line rebuilds a stale cache and reuses a fresh one
     (run_dir / "model.safetensors").write_bytes(weights)
     assert main(["cache", str(run_dir)]) == 0

@@ -148,5 +148,5 @@ def test_mean_pattern_of_the_construction_is_the_decay(tmp_path):
     cache = load_cache(tmp_path / "c")
     mean = mean_pattern(cache["blocks.0.attn.hook_pattern"], cache.weight)[0]
     lam = 0.55
-    t = torch.arange(5, dtype=torch.float64)
+    t = torch.arange(4, dtype=torch.float64)  # context 5: the cache holds the four trained positions
     assert torch.allclose(mean.sum(-1), 1 - lam ** (t + 1), atol=1e-12)
