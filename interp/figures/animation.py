@@ -128,8 +128,9 @@ def animation_config_from_dict(data: dict, *, default_name: str | None = None) -
     cfg = AnimationConfig(sweep, options)
     frames = plan_frames(cfg)
     for p in sweep.points:
-        if not any(f.point == p.name for f in frames):
-            x, a = _point_params(p)
+        # by parameters: frames name only a point's first seed, later seeds sit at the same (x, a)
+        x, a = _point_params(p)
+        if not any(abs(f.x - x) <= MATCH_TOL and abs(f.a - a) <= MATCH_TOL for f in frames):
             raise ConfigError(f"sweep point {p.name} (x={x!r}, a={a!r}) is not a frame of animation.path; "
                               f"put it on the path or change frames_per_segment")
     return cfg
@@ -220,16 +221,21 @@ def construction_title(data: FrameData) -> str:
 
 def frame_data(frame: Frame, n_frames: int, context: int, n_points: int, runs: _Runs | None = None) -> FrameData:
     """Exact beliefs, the construction (analytic decay where Mess3 has one, else fitted to the exact beliefs) on a
-    probability-weighted sample of the evaluation set's (sequence, position) points, and, for a trained frame, the
-    run's best probe on its held-out sample (:func:`interp.figures.paper.probe_predictions`)."""
+    probability-weighted sample of the evaluation set's (sequence, position) points (the ``evaluation_length``
+    trained positions a run's cache holds, with its evaluation seed), and, for a trained frame, the run's best
+    probe on its held-out sample (:func:`interp.figures.paper.probe_predictions`)."""
     from interp import hmm as H
-    from interp.interpret.cache import evaluation_set
+    from interp.interpret.cache import evaluation_length, evaluation_set
     from interp.interpret.construction import analytic_decay, construction_beliefs, fit_construction
     from interp.interpret.metrics import pooled_r2
 
     hmm = H.get_process("mess3", x=frame.x, a=frame.a)
     b, w, n_distinct = exact_geometry(hmm, context)
-    ev = evaluation_set(hmm, context)
+    if frame.trained:
+        runs = runs if runs is not None else _Runs(FigureInputs())
+    # the positions and sequences the run's probes cover, so the construction's numbers compare with the probe's
+    length = evaluation_length(context)
+    ev = evaluation_set(hmm, length, seed=runs.config(frame.run).seeds()["eval"] if frame.trained else 0)
     true = H.beliefs(hmm, ev.tokens)
     decay = analytic_decay(hmm)
     if decay is not None:
@@ -237,17 +243,16 @@ def frame_data(frame: Frame, n_frames: int, context: int, n_points: int, runs: _
     else:
         fit = fit_construction(ev.tokens, true, ev.weight, n_tokens=hmm.n_tokens)
         pred, decay, kind = fit.predict(ev.tokens), fit.decay, "fitted"
-    row_w = ev.weight[:, None].expand(-1, context)
+    row_w = ev.weight[:, None].expand(-1, length)
     r2 = pooled_r2(true, pred, row_w)
     flat_w = row_w.reshape(-1)
     k = min(n_points, int((flat_w > 0).sum()))
     idx = torch.multinomial(flat_w, k, replacement=False, generator=torch.Generator().manual_seed(SEED)).sort().values
-    seq, pos = idx // context, idx % context
+    seq, pos = idx // length, idx % length
     data = dict(frame=frame, n_frames=n_frames, context=context, exact=b, exact_weight=w, n_distinct=n_distinct,
                 decay=float(decay), decay_kind=kind, construction=pred[seq, pos], construction_true=true[seq, pos],
                 construction_r2=float(r2))
     if frame.trained:
-        runs = runs if runs is not None else _Runs(FigureInputs())
         p, t, hook, pr2 = probe_predictions(runs, frame.run, n_points)
         data.update(probe=p, probe_true=t, probe_hook=hook, probe_r2=pr2)
     return FrameData(**data)

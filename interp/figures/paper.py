@@ -380,9 +380,12 @@ def heldout_sample(runs: _Runs, run: Path, k: int = N_POINTS) -> tuple[torch.Ten
 def probe_predictions(runs: _Runs, run: Path, k: int = N_POINTS, *,
                       hook: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str, float]:
     """(predicted beliefs [k, S], true beliefs [k, S], hook, held-out R^2) of one probe (default: the best hook's;
-    ``ALL_LAYERS``: every residual hook concatenated) on a held-out sample (see :func:`heldout_sample`)."""
+    ``ALL_LAYERS``: every residual hook concatenated, in the order its probe was fitted) on a held-out sample (see
+    :func:`heldout_sample`); a hook probe.json has no probe at is a one-line ValueError."""
     probe, weights = runs.probe(run)
     hook = probe.best_hook if hook is None else hook
+    if hook != ALL_LAYERS and hook not in probe.hooks:
+        raise ValueError(f"{run}: no probe at {hook!r} in probe.json (it has {', '.join(probe.hooks)}, {ALL_LAYERS})")
     cache = runs.cache(run)
     seq, pos = heldout_sample(runs, run, k)
     parts = []
@@ -463,11 +466,11 @@ def f2_probe_geometry(inputs: FigureInputs, runs: _Runs) -> Drawn:
 # ----------------------------------------------------------------------------- F3
 def _previous_token_profile(P: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lag t - s, weight / the row's weight on the previous token, whether the key is position 0) for every
-    allowed entry of rows 1 <= t <= L - 2 of a [L, L] pattern. The last row is left out: training predicts no
-    token from position L - 1, so a trained model's last row is unconstrained."""
+    allowed entry of rows 1 <= t <= L - 1 of a [L, L] pattern: caches hold only the trained positions
+    (:func:`interp.interpret.cache.evaluation_length`), so every row is a trained one."""
     P = P.double()
     lags, ratios, first = [], [], []
-    for t in range(1, P.shape[0] - 1):
+    for t in range(1, P.shape[0]):
         prev = float(P[t, t - 1])
         if prev <= 0:
             continue
@@ -554,7 +557,7 @@ def f3_attention(inputs: FigureInputs, runs: _Runs) -> Drawn:
     ax = bottom.subplots(1, 1)
     fits = []
     offsets = np.linspace(-0.12, 0.12, len(mats))
-    k = np.arange(0, L - 1)
+    k = np.arange(0, L)
     for off, (family, _, P) in zip(offsets, mats):
         colour = style.family_colour(family)
         lags, ratio, first = _previous_token_profile(P)
@@ -580,17 +583,18 @@ def f3_attention(inputs: FigureInputs, runs: _Runs) -> Drawn:
             ax.plot(k[1:], lam ** (k[1:] - 1.0), ls, color="k", lw=1.3, label=f"$\\lambda^{{lag-1}}$, {name} "
                     f"$\\lambda$ = {lam:.3f}")
     ax.set(yscale="log", xlabel="distance t - s (lag)", ylabel="weight / the row's weight on the previous token",
-           title=f"decay of attention with distance (query rows 1 to {L - 2})")
+           title=f"decay of attention with distance (query rows 1 to {L - 1})")
     ax.set_xticks(k)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     lam_text = (f"lambda analytic (Smat on zero-sum vectors) {_fmt(lam_analytic, '.3f')} and lambda fitted by least "
                 f"squares to the exact beliefs {_fmt(lam_fitted, '.3f')}"
                 + ("" if comp else " (no compare.json, so no fitted lambda)"))
-    caption = (f"Attention patterns on {_process_label(cfg)}, context {L} (top; log colour scale, white: masked). "
-               f"Bottom: every allowed entry of query rows 1 to {L - 2} divided by its row's weight on the previous "
-               f"token, against the distance t - s (hollow: key position 0, where trained patterns keep extra weight; "
-               f"row {L - 1} is left out because no training target is predicted from the last position, so trained "
-               f"models leave it unconstrained, as the heatmaps show); lines: the geometric mean over rows (key 0 left "
+    caption = (f"Attention patterns on {_process_label(cfg)}, context {cfg.train.context} (top; log colour scale, "
+               f"white: masked): positions 0 to {L - 1}, the trained positions the cache holds (no training target "
+               f"is predicted from the context's last position, so it is not cached). Bottom: every allowed entry "
+               f"of query rows 1 to {L - 1} divided by its row's weight on the previous token, against the distance "
+               f"t - s (hollow: key position 0, where trained patterns keep extra weight); lines: the geometric mean "
+               f"over rows (key 0 left "
                f"out), the geometric decay fitted by `interp.interpret.attention.describe_head` to the whole pattern (dashed; "
                f"the numbers `interp compare` reports), and the construction's {lam_text}. " + "; ".join(fits)
                + ". " + ("; ".join(notes) + "." if notes else ""))
@@ -926,8 +930,10 @@ def f8_other_processes(inputs: FigureInputs, runs: _Runs) -> Drawn:
         parts.append(f"{label} ({_process_label(cfg)}, {hmm.n_states} states, {n_distinct} distinct beliefs, drawn "
                      f"on {proj.describe()}): " + "; ".join(words))
         from interp.hmm.heads import head_count
+        from interp.interpret.cache import evaluation_length
 
-        reasons.append(f"{label}: {head_count(hmm, cfg.train.context).reason}")
+        # a model trained at context L predicts from positions 0..L-2: lags up to L-2
+        reasons.append(f"{label}: {head_count(hmm, evaluation_length(cfg.train.context)).reason}")
     caption = (f"Models trained on other processes. Top row: the exact belief geometry (mixed-state presentation to "
                f"the context length; colour: the belief, as RGB for 3 states or its first three principal components "
                f"otherwise; area: probability). Below, in the same view: linear-probe predictions for {N_POINTS} "
@@ -938,7 +944,8 @@ def f8_other_processes(inputs: FigureInputs, runs: _Runs) -> Drawn:
                + "; ".join(parts) + ". Why the contrast fails where it does: one attention layer read out linearly "
                "writes at best the first-order (constrained) update, in which past tokens get position-dependent "
                "weights, and one softmax head's weights are non-negative. The head-count rule (`interp.hmm.heads`, "
-               "docs/construction.md) says what that update needs: " + "; ".join(reasons) + ". A process whose "
+               "docs/construction.md; over the lags of the trained positions) says what that update needs: "
+               + "; ".join(reasons) + ". A process whose "
                "first-order update keeps no memory (RRXOR: its beliefs turn on the XOR of earlier tokens) is beyond "
                "any number of heads; one that needs more heads than the contrast has is beyond it."
                + (" Not shown: " + "; ".join(missing) + "." if missing else ""))

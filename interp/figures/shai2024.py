@@ -24,11 +24,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from interp.figures import style  # sets the Agg backend
 from interp.figures.paper import (FigureInputs, Projection, Skip, _draw_exact, _draw_points, _process_label, _Runs,
-                                  heldout_sample)
+                                  probe_predictions)
 from interp.interpret.analyse import CONCAT
 from interp.interpret.beyond import BeyondResult, beyond_next_token
 
@@ -59,23 +58,6 @@ def final_residual_hook(hooks: list[str]) -> str:
     return max(post, key=lambda h: int(h.split(".")[1]))
 
 
-def predictions(runs: _Runs, run_dir: Path, hook: str, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(predicted beliefs [k, S], true beliefs [k, S], held-out R^2) of the run's probe at ``hook`` (a cached hook,
-    or ``"all_layers"``: the hooks its probe.json concatenates) on :func:`heldout_sample`'s points."""
-    probe, weights = runs.probe(run_dir)
-    if hook == CONCAT:
-        hooks, r2 = list(probe.all_layers["hooks"]), float(probe.all_layers["r2"])
-    elif hook in probe.hooks:
-        hooks, r2 = [hook], float(probe.hooks[hook]["r2"])
-    else:
-        raise ValueError(f"{run_dir}: no probe at {hook!r} in probe.json (it has {', '.join(probe.hooks)}, {CONCAT})")
-    cache = runs.cache(run_dir)
-    seq, pos = heldout_sample(runs, run_dir, k)
-    x = torch.cat([cache[h][seq, pos].reshape(len(seq), -1).double() for h in hooks], -1)
-    pred = x @ weights[f"{hook}.coef"].double().T + weights[f"{hook}.intercept"].double()
-    return pred, cache.beliefs[seq, pos].double(), r2
-
-
 def _caption(fig, text: str, size: float = 7.0) -> None:
     """``text`` wrapped under the panels, in a strip the constrained layout leaves free (a supxlabel would upset
     the layout of equal-aspect panels)."""
@@ -98,7 +80,7 @@ def draw_fractal(run_dir: str | Path, out_dir: str | Path, *, hook: str | None =
         raise ValueError(f"{run_dir}: the simplex figure needs a 3-state process, {_process_label(cfg)} has "
                          f"{cfg.process.build().n_states}")
     hook = final_residual_hook(cache.hooks) if hook is None else hook
-    pred, true, r2 = predictions(runs, run_dir, hook, n_points)
+    pred, true, _, r2 = probe_predictions(runs, run_dir, n_points, hook=hook)
     b, w, n_distinct = runs.exact(run_dir)
     proj = Projection.fit(b, w)
     lims = proj.limits()
@@ -128,8 +110,10 @@ def draw_geometry(run_dir: str | Path, out_dir: str | Path, *, n_points: int = G
     runs = _open(run_dir)
     cfg, cache = runs.config(run_dir), runs.cache(run_dir)
     final = final_residual_hook(cache.hooks)
-    panels = [(final, *predictions(runs, run_dir, final, n_points)),
-              (CONCAT, *predictions(runs, run_dir, CONCAT, n_points))]
+    panels = []
+    for h in (final, CONCAT):
+        pred, true, _, r2 = probe_predictions(runs, run_dir, n_points, hook=h)
+        panels.append((h, pred, true, r2))
     b, w, n_distinct = runs.exact(run_dir)
     proj = Projection.fit(b, w)
     lims = proj.limits(proj.xy(b), *(proj.xy(p[1]) for p in panels))

@@ -158,6 +158,16 @@ def load_probe_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return read_tensors(path)
 
 
+def probe_settings(probe: ProbeResult | None) -> dict:
+    """``test_fraction``, ``seed`` and ``ridge`` of a run's probes (its up-to-date probe.json, from
+    :func:`load_probe_result`), or :func:`probe_run`'s defaults where there is none: fits made beside the run's
+    probes use these, so their R^2 values compare with probe.json's."""
+    out = {"test_fraction": 0.2, "seed": 0, "ridge": 0.0}  # probe_run's defaults
+    if probe is not None:
+        out.update({k: probe.split[k] for k in ("test_fraction", "seed") if k in probe.split}, ridge=probe.ridge)
+    return out
+
+
 def attention_summary(cache: ActivationCache, hmm, *, fitted_decay: float | None = None) -> list[dict]:
     """Per layer and head: fixedness, decay fits, and the distance of the mean pattern to the construction's."""
     lam = K.analytic_decay(hmm)
@@ -369,7 +379,10 @@ def format_markdown(out: dict) -> str:
           f"{_f(r['probe_r2'])} ({r['probe_hook']})", _f(r["probe_r2_all_layers"]), _f(r["probe_r2_shuffled"]),
           f"{_f(r['causal']['kl_target_before'], e2)} -> {_f(r['causal']['kl_target_after'], e2)} "
           f"({_f(r['causal']['kl_target_random'], e2)})"] for r in out["runs"]])
-    lines += ["", "## Construction (scaled vector addition) per process", ""]
+    lines += ["", "## Construction (scaled vector addition) per process", "",
+              "Scored on every position of the context (the HMM's own object, like the hand-set construction run), "
+              "not on the trained positions the runs' caches and probes cover: compare its R^2 with theirs "
+              "knowing that.", ""]
     keys = ["lambda_analytic", "lambda_fitted", "r2_analytic", "r2_analytic_readout", "r2_fitted", "r2_matrix_power"]
     lines += _table(
         ["process", "lambda analytic", "lambda fitted", "R^2 analytic", "R^2 analytic + read-out", "R^2 fitted",

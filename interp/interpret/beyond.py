@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from interp.hmm import HMM
-from interp.interpret.analyse import CONCAT, ensure_cache, load_probe_result, residual_hooks
+from interp.interpret.analyse import CONCAT, ensure_cache, load_probe_result, probe_settings, residual_hooks
 from interp.interpret.probes import fit_probe, split_by_sequence
 from interp.progress import quiet
 from interp.rundir import read_config
@@ -246,7 +246,6 @@ def beyond_next_token(run_dir: str | Path, *, hook: str = "all_layers", device="
     for h in hooks:
         if h not in cache:
             raise ValueError(f"{run_dir}: hook {h!r} is not in its activation cache (it has {', '.join(cache.hooks)})")
-    split = probe.split if probe is not None else {}
     hmm = run_config_from_dict(read_config(run_dir)).process.build()
     _, grp, _ = belief_groups(cache.beliefs, hmm.emission_matrix)
     if torch.bincount(grp).max() < 2:  # no group (Mess3): nothing is fitted, so no activation need be loaded
@@ -254,8 +253,7 @@ def beyond_next_token(run_dir: str | Path, *, hook: str = "all_layers", device="
     else:
         x = torch.cat([cache[h].reshape(*cache[h].shape[:2], -1) for h in hooks], -1)
     log(f"{run_dir}: beyond the next token through {hook} ({len(hooks)} hooks)")
-    out = beyond_separation(x, cache.beliefs, cache.weight, hmm.emission_matrix,
-                            test_fraction=split.get("test_fraction", 0.2), seed=split.get("seed", 0),
-                            ridge=probe.ridge if probe is not None else 0.0, simplex=isinstance(hmm, HMM))
+    out = beyond_separation(x, cache.beliefs, cache.weight, hmm.emission_matrix, **probe_settings(probe),
+                            simplex=isinstance(hmm, HMM))
     cache.release()
     return out

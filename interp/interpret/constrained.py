@@ -31,8 +31,6 @@ from interp.interpret.probes import probe_hooks
 
 # Vectors shorter than this (after centring) have no direction: their cosine is None.
 _TINY = 1e-12
-# The split every probe here uses: the one interp probe uses, so R^2 values compare with probe.json's.
-TEST_FRACTION, SPLIT_SEED = 0.2, 0
 
 
 def token_probabilities(hmm) -> torch.Tensor:
@@ -100,8 +98,8 @@ class AttentionComparison:
     head: int
     decay: float  # the construction's decay compared against
     decay_source: str  # "analytic" (Smat on zero-sum vectors) or "fitted" (least squares to the exact beliefs)
-    tv: float  # mean total-variation distance per query row
-    frobenius: float
+    tv: float | None  # mean total-variation distance per query row; None for a negative decay (a signed target)
+    frobenius: float | None
     learned_decay: float | None  # geometric fit of the mean pattern (all keys), None where it cannot be fitted
     learned_decay_r2: float | None
 
@@ -110,13 +108,14 @@ class AttentionComparison:
 
 
 def compare_attention(mean: torch.Tensor, decay: float, *, hook: str, decay_source: str) -> list[AttentionComparison]:
-    """Per head of ``mean`` [heads, L, L] (see :func:`attention.mean_pattern`)."""
+    """Per head of ``mean`` [heads, L, L] (see :func:`attention.mean_pattern`). For a negative ``decay`` (Mess3
+    with x > 1/3) ``decay^(t-s)`` alternates in sign, which no softmax pattern can match: the distances are None."""
     if mean.ndim != 3 or mean.shape[-1] != mean.shape[-2]:
         raise ValueError(f"mean patterns must be [heads, L, L], got shape {tuple(mean.shape)}")
-    target = A.decay_pattern(decay, mean.shape[-1])
+    target = A.decay_pattern(decay, mean.shape[-1]) if decay >= 0 else None
     out = []
     for h in range(mean.shape[0]):
-        d = A.pattern_distance(mean[h], target)
+        d = A.pattern_distance(mean[h], target) if target is not None else {"tv": None, "frobenius": None}
         fit = A.fit_decay(mean[h])
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
         out.append(AttentionComparison(hook, h, float(decay), decay_source, d["tv"], d["frobenius"],
@@ -151,14 +150,19 @@ def hook_layer(hook: str) -> int:
 
 
 def layer_r2(acts: dict[str, torch.Tensor], exact: torch.Tensor, constrained: torch.Tensor, weight=None, *,
-             known_exact: dict[str, float] | None = None, simplex: bool = True) -> list[LayerR2]:
+             known_exact: dict[str, float] | None = None, simplex: bool = True,
+             settings: dict | None = None) -> list[LayerR2]:
     """Per hook of ``acts`` ({hook: [n, L, d]}), probes onto ``exact`` and ``constrained`` beliefs [n, L, S] with
-    the split of ``interp probe`` (held-out R^2). ``known_exact`` gives R^2 values already fitted with that
-    split (probe.json), which are reused."""
+    the run's probe split, seed and ridge (``settings``: :func:`interp.interpret.analyse.probe_settings`; None:
+    ``interp probe``'s defaults), held-out R^2. ``known_exact`` gives R^2 values already fitted with those
+    settings (probe.json), which are reused."""
+    from interp.interpret.analyse import probe_settings
+
     known_exact = known_exact or {}
+    settings = probe_settings(None) if settings is None else settings
     out = []
     for hook, x in acts.items():
-        kw = dict(test_fraction=TEST_FRACTION, seed=SPLIT_SEED, concat_name="", concat_hooks=[], simplex=simplex)
+        kw = dict(**settings, concat_name="", concat_hooks=[], simplex=simplex)
         r_c = probe_hooks({hook: x}, constrained, weight, **kw)[hook][1].r2
         r_e = known_exact[hook] if hook in known_exact else probe_hooks({hook: x}, exact, weight, **kw)[hook][1].r2
         out.append(LayerR2(hook, hook_layer(hook), float(r_e), float(r_c)))
@@ -180,8 +184,11 @@ def learned_token_vectors(model, n_tokens: int) -> tuple[torch.Tensor, torch.Ten
     family without attention.
 
     TransformerLens models: the OV vector of token x in head h is ``ln1(W_E[x] + W_pos[p]) @ W_V[0, h] @ W_O[0, h]``
-    averaged over the real-token positions p (BOS's own position left out); without normalisation the position
+    averaged over the trained real-token positions p (BOS's own position and the context's untrained last one left
+    out, as in the cache: :func:`interp.interpret.cache.evaluation_length`); without normalisation the position
     part is the same for every token and centring removes it. FixedAttentionModel: ``W_E[x] @ W_V @ W_O``."""
+    from interp.interpret.cache import evaluation_length
+
     family = getattr(model, "family", None)
     if family == "fixed_attention":
         attn = model.blocks[0].attn
@@ -193,6 +200,7 @@ def learned_token_vectors(model, n_tokens: int) -> tuple[torch.Tensor, torch.Ten
     pos = model.W_pos.detach().double().cpu()
     if getattr(model, "bos_token", None) is not None:
         pos = pos[1:]
+    pos = pos[:evaluation_length(pos.shape[0])]  # the last position never gets a gradient
     ln1 = model.blocks[0].ln1
     dtype = model.W_E.dtype
     resid = (emb[:, None, :] + pos[None]).to(dtype=dtype, device=model.W_E.device)  # [V, P, d]
@@ -249,7 +257,8 @@ def analyse_constrained(run_dir: str | Path, *, map_target: str = "exact", devic
     ``map_target="exact"`` maps learned vectors through the run's own probe (onto the exact beliefs) at the first
     attention layer's output; ``"constrained"`` fits that map (:mod:`interp.interpret.probes`) onto the
     constrained beliefs instead, which is exact for a model that implements the construction."""
-    from interp.interpret.analyse import ensure_cache, load_probe_result, load_probe_weights, residual_hooks
+    from interp.interpret.analyse import (ensure_cache, load_probe_result, load_probe_weights, probe_settings,
+                                          residual_hooks)
     from interp.hmm import HMM
     from interp.training.checkpoint import load_model
 
@@ -274,6 +283,7 @@ def analyse_constrained(run_dir: str | Path, *, map_target: str = "exact", devic
     hooks = [*residual_hooks(cache), *(h for h in cache.hooks if h == "blocks.0.hook_resid_mid")]
     layer_hooks = _layer_hooks(hooks)
     probe = load_probe_result(run_dir)
+    settings = probe_settings(probe)  # the run's own split, seed and ridge, so reused R^2 values compare
     known = {} if probe is None else {h: s["r2"] for h, s in probe.hooks.items()}
     acts = {h: cache[h].reshape(*cache[h].shape[:2], -1) for h in layer_hooks}
     embedding, ov, map_hook, coef = None, [], None, None
@@ -284,13 +294,13 @@ def analyse_constrained(run_dir: str | Path, *, map_target: str = "exact", devic
             coef = load_probe_weights(run_dir)[f"{map_hook}.coef"]
         else:
             target = exact if map_target == "exact" else constrained
-            fitted, scores = probe_hooks({map_hook: acts[map_hook]}, target, weight, test_fraction=TEST_FRACTION,
-                                         seed=SPLIT_SEED, concat_name="", concat_hooks=[], simplex=simplex)[map_hook]
+            fitted, scores = probe_hooks({map_hook: acts[map_hook]}, target, weight, **settings, concat_name="",
+                                         concat_hooks=[], simplex=simplex)[map_hook]
             coef = fitted.coef_
             if map_target == "exact":  # the same fit layer_r2 would make
                 known[map_hook] = scores.r2
     log(f"{run_dir.name}: probes onto the constrained beliefs at {len(acts)} hooks")
-    layers = layer_r2(acts, exact, constrained, weight, known_exact=known, simplex=simplex)
+    layers = layer_r2(acts, exact, constrained, weight, known_exact=known, simplex=simplex, settings=settings)
 
     if vectors is not None:
         predicted, p_x = K.token_vectors(hmm), token_probabilities(hmm)

@@ -1,11 +1,12 @@
 """The head-count rule against trained models (``interp study runs/heads.toml``, kind "heads").
 
 Each run is an attention-only transformer with some number of heads on some process. Per process the rule
-(:func:`interp.hmm.heads.head_count` at the run's context) predicts p heads; the outcome agrees with it when every
-model with at least p heads comes within ``margin`` (``[options] margin``, default 0.05) of the learnable gap of
-the best such model, and every model with fewer heads falls short of that best by more than ``margin``. The gap
-is the gap fraction ``(loss - optimal) / (unigram - optimal)``, comparable across processes (docs/construction.md,
-"How many heads").
+(:func:`interp.hmm.heads.head_count` over the positions the run is trained on,
+:func:`interp.interpret.cache.evaluation_length` of its context, so lags up to context - 2) predicts p heads; the
+outcome agrees with it when every model with at least p heads comes within ``margin`` (``[options] margin``,
+default 0.05) of the learnable gap of the best such model, and every model with fewer heads falls short of that
+best by more than ``margin``. The gap is the gap fraction ``(loss - optimal) / (unigram - optimal)``, comparable
+across processes (docs/construction.md, "How many heads").
 
 The first-order construction says how much a missing head should cost: on each process's evaluation set, the gap
 fraction of the multi-head construction with the predicted heads, and for a model with fewer heads that of the best
@@ -28,6 +29,25 @@ MARGIN = 0.05  # default share of the learnable gap that separates "worse" from 
 UNTESTABLE = "not testable at this margin"
 COLUMNS = ["run", "process", "predicted heads", "reason", "model heads", "relative loss", "gap fraction",
            "first-order gap", "predicted shortfall", "probe R^2", "enough heads", "agrees"]
+
+
+_OPTIONS = ("margin",)
+
+
+def check_config(cfg) -> None:
+    """Refuse, when the study is loaded, options this analysis cannot use and runs that are not transformers."""
+    unknown = sorted(set(cfg.options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"options.{unknown[0]}: unknown option for kind heads (expected one of "
+                         f"{', '.join(_OPTIONS)})")
+    margin = cfg.options.get("margin", MARGIN)
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool):
+        raise ValueError(f"options.margin must be a number, got {margin!r}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"options.margin must lie in [0, 1), got {margin}")
+    for name, run in cfg.run_configs().items():
+        if run.model.family != "transformer":
+            raise ValueError(f"runs.{name}: the heads study compares transformers, got family {run.model.family!r}")
 
 
 def _label(process) -> str:
@@ -84,19 +104,16 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
     heads, per process, the prediction and the construction marked)."""
     from interp.hmm import sample
     from interp.interpret.analyse import ProbeResult
+    from interp.interpret.cache import evaluation_length
     from interp.training.trainer import TrainResult
 
-    margin = float(cfg.options.get("margin", MARGIN))
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"options.margin must lie in [0, 1), got {margin}")
+    margin = float(cfg.options.get("margin", MARGIN))  # checked by check_config
     rows, predictions, gaps = [], {}, {}
     for name, run in cfg.run_configs().items():
-        if run.model.family != "transformer":
-            raise ValueError(f"runs.{name}: the heads study compares transformers, got family {run.model.family!r}")
         label = _label(run.process)
         key = (label, run.train.context)
-        if key not in predictions:
-            predictions[key] = head_count(run.process.build(), run.train.context)
+        if key not in predictions:  # a model trained at context L predicts from positions 0..L-2
+            predictions[key] = head_count(run.process.build(), evaluation_length(run.train.context))
         hc = predictions[key]
         # the run's evaluation set, drawn as the trainer draws it (on the CPU)
         eval_key = (*key, run.train.eval_sequences, run.seeds()["eval"])

@@ -54,6 +54,11 @@ def describe_change(before: dict | None, after: dict) -> str:
     return ", ".join(parts) or "nothing"
 
 
+def check_config(cfg) -> None:
+    """Refuse, when the study is loaded, options this analysis cannot use and steps on other data."""
+    _check(cfg)
+
+
 def _check(cfg) -> tuple[dict, int, str, dict]:
     """(process dict, context, construction decay, labels): every run must share the study's data."""
     unknown = sorted(set(cfg.options) - set(_OPTIONS))
@@ -169,7 +174,8 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
         "Attention std, position share, fitted decay: the first layer's first head (mean std of each pattern entry "
         "across inputs; share of the pattern's variance that position explains; geometric fit of its mean pattern).",
         f"TV to lambda^k: mean total-variation distance per query row between that head's mean pattern and the "
-        f"construction's lambda^(t-s) (lambda = {_fmt(details[steps[-1][0]]['constrained']['decay'])}).",
+        f"construction's lambda^(t-s) (lambda = {_fmt(details[steps[-1][0]]['constrained']['decay'])}; \"-\" "
+        "for a negative lambda, whose signed pattern no attention can match).",
         "OV / embedding cosine: the first layer's token vectors mapped into belief space by the run's probe at the "
         "first attention output, centred over tokens, against the predicted v[x] (mean over tokens; no embedding "
         "cosine without a skip path, or where the embedding maps to ~0).",

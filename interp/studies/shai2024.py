@@ -3,8 +3,9 @@ analysis of a reproduction study (``kind = "shai2024"``, ``runs/shai2024_mess3.t
 
 One row per claim: what the paper reports (the study's ``[paper]`` table, in words: the paper shows figures, not
 numbers we could match digit by digit) beside the lab's measured quantity and, where the study sets one
-(``[options] aims``), the aim and whether it is met. Per-layer and concatenated probes (held-out R^2 and RMSE
-against the exact beliefs), the relative loss, and beyond-the-next-token separation; figures from
+(``[options] aims``, keys those of :data:`AIMS`, also the ``[paper]`` keys of those rows), the aim and whether it
+is met. The study has one run, the paper's model (:func:`check_config`). Per-layer and concatenated probes
+(held-out R^2 and RMSE against the exact beliefs), the relative loss, and beyond-the-next-token separation; figures from
 ``interp.figures.shai2024``.
 """
 
@@ -23,6 +24,33 @@ AIMS = {  # options.aims keys: (what the lab measures, compared how)
 }
 
 
+_OPTIONS = ("aims",)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_config(cfg) -> None:
+    """Refuse, when the study is loaded, options this analysis cannot use and more than one run."""
+    unknown = sorted(set(cfg.options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"options.{unknown[0]}: unknown option for kind shai2024 (expected one of "
+                         f"{', '.join(_OPTIONS)})")
+    aims = cfg.options.get("aims", {})
+    if not isinstance(aims, dict):
+        raise ValueError(f"options.aims must be a table of aim = number, got {aims!r}")
+    unknown = sorted(set(aims) - set(AIMS))
+    if unknown:
+        raise ValueError(f"options.aims: unknown key {unknown[0]!r} (known: {', '.join(AIMS)})")
+    for key, value in aims.items():
+        if not _is_number(value):
+            raise ValueError(f"options.aims.{key} must be a number, got {value!r}")
+    if len(cfg.runs) != 1:
+        raise ValueError(f"runs: a shai2024 study has one run, the paper's model, got {len(cfg.runs)} "
+                         f"({', '.join(cfg.runs)})")
+
+
 def _met(value, aim, op: str):
     if aim is None or value is None:
         return None
@@ -34,16 +62,13 @@ def _layer_label(hook: str) -> str:
 
 
 def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device="cpu", log=print) -> dict:
-    """The table of one reproduction: the study's first run is the paper's model."""
+    """The table of one reproduction: the study's one run is the paper's model."""
     from interp.figures import shai2024 as figures
     from interp.interpret.beyond import beyond_next_token
 
     name, run_dir = next(iter(run_dirs.items()))
     result, probe = read_json(run_dir / RESULT), read_json(run_dir / PROBE)
-    paper, aims = cfg.paper, dict(cfg.options.get("aims", {}))
-    unknown = set(aims) - set(AIMS)
-    if unknown:
-        raise ValueError(f"options.aims: unknown key {sorted(unknown)[0]!r} (known: {', '.join(AIMS)})")
+    paper, aims = cfg.paper, dict(cfg.options.get("aims", {}))  # checked by check_config
     hooks = probe["all_layers"]["hooks"]
     final = hooks[-1]
     measured = {"relative_loss": result["relative_loss"], "final_r2": probe["hooks"][final]["r2"],
@@ -57,10 +82,10 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device="cpu", log=
         rows.append({"quantity": f"probe R^2 / RMSE, {_layer_label(hook)}", "paper": None,
                      "lab": f"{s['r2']:.4f} / {s['rmse']:.4f} (shuffled R^2 {s['shuffled_r2']:.3f})"})
     s = probe["all_layers"]
-    rows.append({"quantity": "probe R^2 / RMSE, all layers concatenated", "paper": paper.get("all_layers"),
+    rows.append({"quantity": "probe R^2 / RMSE, all layers concatenated", "paper": paper.get("all_layers_r2"),
                  "lab": f"{s['r2']:.4f} / {s['rmse']:.4f} (shuffled R^2 {s['shuffled_r2']:.3f})"})
     log(f"[{'shai2024':<24}] beyond the next token on {name}")
-    beyond = beyond_next_token(run_dir)
+    beyond = beyond_next_token(run_dir, device=device)
     rows.append({"quantity": "beyond the next token: belief separation kept by the residual stream "
                              "(next-token probe's in brackets)", "paper": paper.get("beyond_next_token"),
                  "lab": _beyond_words(beyond)})

@@ -28,7 +28,9 @@ started one resumes from its last checkpoint, and the analysis is redone every t
 
 An analysis module defines ``analyse(cfg, run_dirs, out_dir, *, device, log) -> dict`` returning ``title``,
 ``columns``, ``rows`` (dicts keyed by the columns), ``notes`` (lines under the table), ``figures`` (file names
-it drew into ``out_dir / "figures"``) and ``extra`` (anything else, JSON-able).
+it drew into ``out_dir / "figures"``) and ``extra`` (anything else, JSON-able); optionally ``check_config(cfg)``,
+called when the study is loaded, which raises ValueError (one line naming the key) for options or runs the
+analysis cannot use.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class StudyConfig:
             except ValueError as err:
                 raise ValueError(f"runs.{name}: {err}") from None
         self.run_configs()  # every run is valid, or the error names it
+        # the analysis's own checks ([options], which runs it can read), so a bad option fails before training
+        check = getattr(importlib.import_module(f"interp.studies.{self.kind}"), "check_config", None)
+        if check is not None:
+            check(self)
 
     def run_configs(self) -> dict[str, RunConfig]:
         out = {}

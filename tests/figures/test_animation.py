@@ -67,10 +67,37 @@ def test_a_point_without_a_finished_run_is_constructed(tmp_path):
                                           "construction only)"
 
 
+def test_the_construction_is_scored_on_the_trained_positions():
+    from interp import hmm as H
+    from interp.interpret.cache import evaluation_set
+    from interp.interpret.construction import construction_beliefs
+    from interp.interpret.metrics import pooled_r2
+
+    hmm = H.get_process("mess3", x=0.05, a=0.6)
+
+    def r2(length):
+        ev = evaluation_set(hmm, length)
+        pred = construction_beliefs(hmm, ev.tokens, decay=1 - 3 * 0.05)
+        return float(pooled_r2(H.beliefs(hmm, ev.tokens), pred, ev.weight[:, None].expand(-1, length)))
+
+    data = A.frame_data(A.Frame(0, 0.05, 0.6), 3, 4, 50)
+    assert r2(3) != pytest.approx(r2(4), abs=1e-6)
+    assert data.construction_r2 == pytest.approx(r2(3), abs=1e-12)
+
+
 def test_a_sweep_point_off_the_path_is_refused():
     data = {**TINY, "grid": {"process.params.x": [0.15, 0.2]}}
     with pytest.raises(ConfigError, match=r"^sweep point x=0.2_seed=0 \(x=0.2, a=0.6\) is not a frame of "
                                           r"animation.path; put it on the path or change frames_per_segment$"):
+        A.animation_config_from_dict(data)
+
+
+def test_two_seeds_are_accepted_and_frames_name_the_first():
+    cfg = A.animation_config_from_dict({**TINY, "seeds": [0, 1]})
+    assert sorted(p.name for p in cfg.sweep.points) == ["x=0.15_seed=0", "x=0.15_seed=1"]
+    assert [f.point for f in A.plan_frames(cfg)] == [None, "x=0.15_seed=0", None]
+    data = {**TINY, "seeds": [0, 1], "grid": {"process.params.x": [0.15, 0.2]}}
+    with pytest.raises(ConfigError, match=r"^sweep point x=0.2_seed=0 \(x=0.2, a=0.6\) is not a frame"):
         A.animation_config_from_dict(data)
 
 

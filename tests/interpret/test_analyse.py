@@ -95,7 +95,11 @@ def test_compare_covers_every_family(probed, tmp_path):
     build_construction_run({"name": "mess3"}, 5, construction)
     runs = [probed[f] for f in ("transformer", "fixed_attention", "ssm", "belief_net")] + [construction]
     out = compare_runs(runs, tmp_path / "cmp")
-    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# Runs compared")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert md.startswith("# Runs compared")
+    # the construction's R^2 is over the whole context, unlike the runs' probes: the section says so
+    section = md.split("## Construction (scaled vector addition) per process")[1].split("##")[0]
+    assert "Scored on every position of the context" in section
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["family"] for r in saved["runs"]] == ["transformer", "fixed_attention", "ssm", "belief_net",
                                                     "transformer"]

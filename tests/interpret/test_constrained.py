@@ -71,6 +71,13 @@ def test_compare_attention_on_the_decay_pattern():
     assert flat.tv > 0.1 and flat.learned_decay == pytest.approx(1.0, abs=1e-12)
 
 
+def test_a_negative_decay_has_no_distance():
+    uniform = torch.tril(torch.ones(6, 6, dtype=torch.float64))
+    (cmp,) = compare_attention(uniform[None], -0.5, hook="x", decay_source="analytic")
+    assert cmp.tv is None and cmp.frobenius is None and cmp.decay == -0.5
+    assert cmp.learned_decay == pytest.approx(1.0, abs=1e-12)
+
+
 def test_fixed_attention_construction_agrees_with_its_maths():
     hmm = mess3()
     lam = K.analytic_decay(hmm)
@@ -85,6 +92,25 @@ def test_fixed_attention_construction_agrees_with_its_maths():
     pattern = model.blocks[0].attn.pattern().detach()[None]
     (att,) = compare_attention(pattern, lam, hook="blocks.0.attn.hook_pattern", decay_source="analytic")
     assert att.tv < 1e-9 and abs(att.learned_decay - lam) < 1e-9
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_learned_token_vectors_leave_the_untrained_last_position_out(bos):
+    from interp.models import build_model
+    from interp.models.configs import TransformerConfig
+
+    model = build_model(TransformerConfig(n_layers=1, d_model=8, d_head=4, normalization="LN", bos=bos), 3, 5,
+                        dtype=torch.float64)
+    first = 1 if bos else 0
+    assert model.W_pos.shape[0] == 5 + first
+    before = learned_token_vectors(model, 3)
+    with torch.no_grad():
+        model.W_pos[-1] += torch.arange(8.0)  # the last position: moving it changes nothing
+    after = learned_token_vectors(model, 3)
+    assert torch.equal(before[1], after[1])
+    with torch.no_grad():
+        model.W_pos[-2] += torch.arange(8.0)  # the last trained position counts
+    assert not torch.allclose(after[1], learned_token_vectors(model, 3)[1])
 
 
 def test_transformer_construction_run_agrees_with_its_maths(tmp_path):
@@ -150,3 +176,27 @@ def test_mean_pattern_of_the_construction_is_the_decay(tmp_path):
     lam = 0.55
     t = torch.arange(4, dtype=torch.float64)  # context 5: the cache holds the four trained positions
     assert torch.allclose(mean.sum(-1), 1 - lam ** (t + 1), atol=1e-12)
+
+
+def test_probes_here_use_the_run_probe_split_seed_and_ridge(tmp_path):
+    from conftest import train_tiny
+
+    from interp.interpret.analyse import ensure_cache, load_probe_result, probe_settings
+    from interp.interpret.beyond import beyond_next_token
+    from interp.interpret.probes import probe_hooks
+
+    run_dir = train_tiny(tmp_path, "transformer")
+    assert probe_settings(None) == {"test_fraction": 0.2, "seed": 0, "ridge": 0.0}
+    probe_run(run_dir, test_fraction=0.3, seed=2, ridge=0.5)
+    settings = probe_settings(load_probe_result(run_dir))
+    assert settings == {"test_fraction": 0.3, "seed": 2, "ridge": 0.5}
+    res = analyse_constrained(run_dir)
+    cache = ensure_cache(run_dir)
+    constrained = K.construction_beliefs(mess3(), cache.tokens)
+    for layer in res.layers:
+        x = cache[layer.hook].reshape(*cache[layer.hook].shape[:2], -1)
+        fit = lambda **kw: probe_hooks({layer.hook: x}, constrained, cache.weight, concat_name="",  # noqa: E731
+                                       concat_hooks=[], **kw)[layer.hook][1].r2
+        assert layer.r2_constrained == pytest.approx(fit(**settings), abs=1e-12)
+        assert layer.r2_constrained != pytest.approx(fit(**probe_settings(None)), abs=1e-9)
+    assert beyond_next_token(run_dir).split == {"by": "sequence", "test_fraction": 0.3, "seed": 2}

@@ -86,8 +86,10 @@ def test_f8_draws_the_learner_above_the_contrast_with_the_spectrum(finished):
     f8 = index.split("## F8")[1]
     assert "learner (1-layer standard (LN, MLP) transformer, 2 heads, 12 steps)" in f8
     assert "contrast (1-layer attention-only transformer" in f8
-    # Z1R: Smat on zero-sum vectors rotates by a third of a turn, which takes three heads (the head-count rule)
-    assert "Z1R: 3 heads: over lags 1..3 the lag terms span 2 dimensions and lie in no half-space" in f8
+    # Z1R: Smat on zero-sum vectors rotates by a third of a turn; at context 4 the model predicts from positions
+    # 0..2, so lags 1..2 turn by 120 degrees, inside a half-space: two heads (the head-count rule)
+    assert ("Z1R: 2 heads: over lags 1..2 the lag terms span 2 dimensions and lie strictly inside a half-space"
+            in f8)
     assert "the pair of modulus 1 turns by 120.0 degrees a lag" in f8
     assert "geometry/z1r_learner" in f8 and "Not shown" not in f8
 

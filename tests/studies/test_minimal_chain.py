@@ -52,30 +52,26 @@ def test_describe_change_names_other_keys():
     ({"labels": {"tf9": "x"}}, "options.labels.tf9: no such run"),
 ])
 def test_bad_options_are_refused_naming_the_key(tmp_path, options, message):
-    cfg = study_config_from_dict({**TINY, "options": options})
-    with pytest.raises(ValueError) as err:
-        analyse(cfg, {}, tmp_path)
+    with pytest.raises(ValueError) as err:  # when the study is loaded (check_config), before any training
+        study_config_from_dict({**TINY, "options": options})
     assert str(err.value) == message
     assert not any(tmp_path.iterdir())
 
 
 def test_steps_must_share_process_and_context(tmp_path):
     runs = {**TINY["runs"], "fixed": {**TINY["runs"]["fixed"], "train": {"context": 5}}}
-    cfg = study_config_from_dict({**TINY, "runs": runs})
     with pytest.raises(ValueError) as err:
-        analyse(cfg, {}, tmp_path)
+        study_config_from_dict({**TINY, "runs": runs})
     assert str(err.value) == ("runs.fixed: every step of the chain must use the same process and context as the "
                               "first (tf2)")
 
 
 def test_a_bad_option_in_the_shipped_config_is_found(tmp_path):
-    from interp.studies.minimal_chain import _check
-
     cfg = tmp_path / "chain.toml"
     cfg.write_text((RUNS / "minimal_chain.toml").read_text().replace('decay = "analytic"', 'decay = "best"'))
     with pytest.raises(ValueError) as err:
-        _check(load_study_config(cfg))
-    assert str(err.value) == "options.decay must be 'analytic' or 'fitted', got 'best'"
+        load_study_config(cfg)
+    assert str(err.value) == f"{cfg}: options.decay must be 'analytic' or 'fitted', got 'best'"
 
 
 def test_a_tiny_chain_end_to_end(tmp_path):

@@ -51,8 +51,13 @@ def tiny(**changes) -> dict:
     return data
 
 
+# TINY's two runs under a kind that reads several (a shai2024 study has one run, the paper's model)
+TWO_RUNS = {"kind": "heads", "options": {"margin": 0.05}}
+ONE_RUN = {"runs": {"tf": tomllib.loads(TINY)["runs"]["tf"]}}
+
+
 def test_runs_share_the_study_process_and_train_and_override_them():
-    cfg = ST.study_config_from_dict(tiny())
+    cfg = ST.study_config_from_dict(tiny(**TWO_RUNS))
     runs = cfg.run_configs()
     assert list(runs) == ["tf", "rr"]
     assert runs["tf"].train.steps == 30 and runs["tf"].train.context == 4 and runs["tf"].train.lr == 1e-2
@@ -75,6 +80,24 @@ def test_runs_share_the_study_process_and_train_and_override_them():
     ({"runs": {"a": {"model": {"family": "transformer"}, "process": {"name": "mess3", "params": {"x": 2.0}}}}},
      "runs.a: process.params"),
     ({"runs": {"a": {"model": {"family": "transformer"}, "colour": 1}}}, "colour"),
+    # each analysis's check_config, at load time
+    ({}, "runs: a shai2024 study has one run, the paper's model, got 2 (tf, rr)"),
+    ({**ONE_RUN, "options": {"aimz": {}}},
+     "options.aimz: unknown option for kind shai2024 (expected one of aims)"),
+    ({**ONE_RUN, "options": {"aims": {"aimz": 1.0}}},
+     "options.aims: unknown key 'aimz' (known: relative_loss, final_r2, all_layers_r2)"),
+    ({**ONE_RUN, "options": {"aims": {"final_r2": "high"}}}, "options.aims.final_r2 must be a number, got 'high'"),
+    ({**ONE_RUN, "options": {"aims": 0.9}}, "options.aims must be a table of aim = number, got 0.9"),
+    ({**TWO_RUNS, "options": {"margin": "abc"}}, "options.margin must be a number, got 'abc'"),
+    ({**TWO_RUNS, "options": {"margin": 1.5}}, "options.margin must lie in [0, 1), got 1.5"),
+    ({**TWO_RUNS, "options": {"margins": 0.1}}, "options.margins: unknown option for kind heads (expected one of "
+                                                "margin)"),
+    ({**TWO_RUNS, "runs": {"fx": {"model": {"family": "fixed_attention", "d_model": 8, "d_head": 8}}}},
+     "runs.fx: the heads study compares transformers, got family 'fixed_attention'"),
+    ({"kind": "minimal_chain", "options": {}},
+     "runs.rr: every step of the chain must use the same process and context as the first (tf)"),
+    ({"kind": "minimal_chain", **ONE_RUN, "options": {"decays": "analytic"}},
+     "options.decays: unknown option for kind minimal_chain (expected one of decay, labels)"),
 ])
 def test_bad_configs_name_the_key(change, words):
     with pytest.raises((ConfigError, ValueError)) as err:
@@ -83,8 +106,19 @@ def test_bad_configs_name_the_key(change, words):
     assert "\n" not in str(err.value)
 
 
+def test_a_bad_option_stops_the_study_command_before_any_training(tmp_path, capsys):
+    from interp.cli import main
+
+    path = tmp_path / "heads.toml"
+    path.write_text(TINY.replace('kind = "shai2024"', 'kind = "heads"')
+                    .replace("aims = { relative_loss = 1.5, final_r2 = 0.1 }", 'margin = "abc"'))
+    assert main(["study", str(path)]) == 2
+    assert capsys.readouterr().err == f"interp: error: {path}: options.margin must be a number, got 'abc'\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.toml"]
+
+
 def test_quick_study_is_another_folder_at_quick_sizes():
-    cfg = ST.quick_study_config(ST.study_config_from_dict(tiny(train={"context": 4, "steps": 5000})))
+    cfg = ST.quick_study_config(ST.study_config_from_dict(tiny(**TWO_RUNS, train={"context": 4, "steps": 5000})))
     assert cfg.name == "tiny_quick"
     for run in cfg.run_configs().values():
         assert run.train.steps <= 60 and run.train.context == 4
@@ -127,7 +161,7 @@ def test_tiny_study_end_to_end_table_from_the_runs_and_runs_reused(tmp_path):
 def test_a_failed_run_is_reported_in_one_line_and_the_others_kept(tmp_path, monkeypatch):
     from interp.studies import jobs
 
-    cfg = ST.study_config_from_dict(tiny())
+    cfg = ST.study_config_from_dict(tiny(**TWO_RUNS))
     real = jobs.train_and_probe
 
     def flaky(cfg_dict, run_dir, device):
