@@ -71,7 +71,10 @@ def first_order_gaps(hmm, heads: HeadCount, tokens: torch.Tensor) -> dict[int, f
     unigram = unigram_loss(hmm)
 
     def gap(subset) -> float:
-        loss = next_token_loss(hmm, tokens, None, multihead_beliefs(hmm, tokens, keep_heads(heads, subset)))
+        # beliefs at positions 0..L-2, the ones that predict a token (the heads are solved for them); the last
+        # position predicts nothing, so next_token_loss never reads the copy that pads it
+        b = multihead_beliefs(hmm, tokens[:, :-1], keep_heads(heads, subset))
+        loss = next_token_loss(hmm, tokens, None, torch.cat([b, b[:, -1:]], 1))
         return (loss - optimal) / (unigram - optimal)
 
     return {h: min(gap(s) for s in combinations(range(heads.n_heads), h)) for h in range(heads.n_heads + 1)}
