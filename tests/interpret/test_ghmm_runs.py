@@ -111,10 +111,15 @@ def test_compare_runs_on_ghmm_data(ghmm_runs, tmp_path):
     out = compare_runs(runs, tmp_path / "cmp")
     (label, k), = out["construction"].items()
     assert label == "post_quantum(log_alpha=1.0, beta=0.5)"
-    cache, ghmm = load_cache(runs[0]), H.get_process("post_quantum")
-    # the exact beliefs' cross-entropy is the filter's: -log P(x_t | x_<t), positions 1..L-1, weighted
-    log_z = H.forward_filter(ghmm, cache.tokens, return_beliefs=False).log_normalizers[:, 1:]
-    assert k["loss_optimal"] == pytest.approx(float(cache.weight @ -log_z.mean(1)), abs=1e-12)
+    from interp.interpret.cache import evaluation_set
+    from interp.training.checkpoint import load_model
+
+    ghmm, (_, cfg) = H.get_process("post_quantum"), load_model(runs[0])
+    # the construction is scored on every position of the context (not the cache's trained positions); the exact
+    # beliefs' cross-entropy is the filter's: -log P(x_t | x_<t), positions 1..L-1, weighted
+    data = evaluation_set(ghmm, cfg.train.context, seed=cfg.seeds()["eval"])
+    log_z = H.forward_filter(ghmm, data.tokens, return_beliefs=False).log_normalizers[:, 1:]
+    assert k["loss_optimal"] == pytest.approx(float(data.weight @ -log_z.mean(1)), abs=1e-12)
     assert all(math.isfinite(k[key]) for key in ("r2_matrix_power", "r2_fitted", "loss_matrix_power"))
     rows = {r["family"]: r for r in out["runs"]}
     assert rows["belief_net"]["belief_net"]["comparable"] is False
