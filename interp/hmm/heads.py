@@ -24,6 +24,7 @@ import torch
 from scipy.optimize import linprog
 
 from interp.hmm.core import HMM
+from interp.hmm.first_order import token_vectors, zero_sum_operator_eigenvalues
 from interp.hmm.ghmm import GHMM
 
 # Relative tolerance of every decision (a lag term too small to count, a direction too close to another, a cone
@@ -71,8 +72,6 @@ class HeadCount:
 
 def lag_terms(hmm: HMM | GHMM, context: int) -> torch.Tensor:
     """[L, V, S] float64 ``G_k = v @ Smat^k`` for k = 0..L-1 (v: the token vectors), by repeated products."""
-    from interp.interpret.construction import token_vectors
-
     g = token_vectors(hmm).cpu()
     smat = hmm.transition_matrix.cpu()
     out = [g]
@@ -150,8 +149,6 @@ def _weights(c: np.ndarray, gens: np.ndarray, pointed: bool) -> np.ndarray:
 def head_count(hmm: HMM | GHMM, context: int, tol: float = TOL) -> HeadCount:
     """The fewest softmax heads that write the first-order update of ``hmm`` over ``context`` positions, with its
     reason and one solution (module docstring). ``tol``: relative tolerance of every decision (:data:`TOL`)."""
-    from interp.interpret.construction import zero_sum_operator_eigenvalues
-
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ValueError(f"context must be a positive integer, got {context!r}")
     if not 0.0 < tol < 1e-3:
