@@ -157,15 +157,46 @@ class BeliefNetConfig:
 class BlockedBeliefNetConfig:
     """Belief Net for block-sparse data (process ``blocked``): the structure (groups, their tokens and successor
     groups) is the data's; the weights are the logits of mu, the group moves, the k x k blocks and the
-    emissions. ``init``: "random" (logits ~ N(0, init_scale^2)) or "truth" (the data's own HMM)."""
+    emissions. ``init``: "random" (logits ~ N(0, init_scale^2)) or "truth" (the data's own HMM).
+
+    ``parameterisation = "neural"``: the blocks and emissions are softmaxes of products of state and token
+    embeddings of width ``hidden`` passed through residual MLPs (O(h^2 + h S + h V) parameters instead of
+    O(G d k^2)). ``state_dropout = p``: each training forward keeps round((1 - p) k) random states of every group
+    and filters on the HMM restricted to them; evaluation uses every state."""
 
     family: Literal["blocked_belief_net"] = "blocked_belief_net"
     init: str = "random"  # "random" | "truth"
     init_scale: float = 1.0
+    parameterisation: Literal["scalar", "neural"] = "scalar"
+    hidden: int = 64  # the neural parameterisation's embedding width h
+    state_dropout: float = 0.0
 
     def __post_init__(self):
         check_belief_net_init(self.init, ("random", "truth"))
         check_init_scale(self.init_scale)
+        if self.parameterisation not in ("scalar", "neural"):
+            raise ValueError(f"parameterisation must be 'scalar' | 'neural', got {self.parameterisation!r}")
+        if self.parameterisation == "scalar" and self.hidden != _BLOCKED_DEFAULTS["hidden"]:
+            raise ValueError(f"hidden = {self.hidden} needs parameterisation = 'neural' (the scalar blocks have no "
+                             f"embeddings)")
+        _positive(hidden=self.hidden)
+        if self.parameterisation == "neural" and self.init == "truth":
+            raise ValueError("init = 'truth' needs parameterisation = 'scalar' (the neural blocks cannot hold the "
+                             "data's HMM exactly)")
+        if isinstance(self.state_dropout, bool) or not 0 <= self.state_dropout < 1:
+            raise ValueError(f"state_dropout must be a number in [0, 1), got {self.state_dropout!r}")
+
+    def to_dict(self) -> dict:
+        """Without the neural and dropout keys at their defaults: a scalar config keeps the hash it had before
+        the keys existed, so its run folders stay fresh."""
+        out = to_dict(self)
+        for key, default in _BLOCKED_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        return out
+
+
+_BLOCKED_DEFAULTS = {"parameterisation": "scalar", "hidden": 64, "state_dropout": 0.0}
 
 
 ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig, BlockedBeliefNetConfig]
