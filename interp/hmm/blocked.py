@@ -184,43 +184,52 @@ class BlockedHMM:
     @torch.no_grad()
     def filter(self, tokens: torch.Tensor, *, return_beliefs: bool = True) -> BlockedFilterResult:
         """Exact forward filter: one k x k product per sequence and step, batched over the sequences that make
-        the same (group, successor) move, so each product is a (rows, k) @ (k, k) matmul."""
+        the same (group, successor) move, so each product is a (rows, k) @ (k, k) matmul.
+
+        The beliefs stay in the order of the last step's moves (``rows[i]`` is the sequence in row i), so a step
+        permutes them once; the move's weight only enters the normaliser (it cancels in the belief)."""
         tokens = self._check_tokens(tokens)
         n, L = tokens.shape
-        k, m, d = self.group_size, self.tokens_per_group, self.succ.shape[1]
-        group, local = tokens // m, tokens % m
-        log_z = torch.empty(n, L, dtype=torch.float64, device=tokens.device)
-        beliefs = torch.empty(n, L, k, dtype=torch.float64, device=tokens.device) if return_beliefs else None
+        G, k, m, d = self.n_groups, self.group_size, self.tokens_per_group, self.succ.shape[1]
+        dev = tokens.device
+        group = tokens // m
+        log_z = torch.empty(n, L, dtype=torch.float64, device=dev)
+        beliefs = torch.empty(n, L, k, dtype=torch.float64, device=dev) if return_beliefs else None
+        emit_rows = self.emit.permute(0, 2, 1).reshape(G * m, k)  # row g m + c is emit[g, :, c]: indexed by token
+        if L > 1:
+            hit = self.succ[group[:, :-1]] == group[:, 1:, None]  # (n, L-1, d): the move to the next group
+            pair = (group[:, :-1] * d + hit.to(torch.uint8).argmax(2)).T.contiguous()  # (L-1, n)
+            weight = (self.w.reshape(-1)[pair] * hit.any(2).T).contiguous()  # 0 where no move leads there
+        tok_t = tokens.T.contiguous()
+        tiny = torch.finfo(torch.float64).tiny
 
-        def condition(prior: torch.Tensor, t: int) -> torch.Tensor:
-            post = prior * self.emit[group[:, t], :, local[:, t]]
-            z = post.sum(-1, keepdim=True)
-            log_z[:, t] = torch.log(z.squeeze(-1))
-            post = torch.where(z > 0, post / z.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+        def condition(post: torch.Tensor, rows: torch.Tensor, t: int, w: torch.Tensor | None) -> None:
+            post.mul_(emit_rows.index_select(0, tok_t[t].index_select(0, rows)))
+            s = post.sum(-1)
+            z = s if w is None else s * w
+            log_z[rows, t] = torch.log(z)
+            post.mul_(torch.where(z > 0, 1 / s.clamp_min(tiny), 0.0)[:, None])
             if beliefs is not None:
-                beliefs[:, t] = post
-            return post
+                beliefs[rows, t] = post
 
-        alpha = condition(self.mu[group[:, 0]], 0)
-        G = self.n_groups
-        blocks, w = self.blocks.reshape(G * d, k, k), self.w.reshape(G * d)
+        rows = torch.arange(n, device=dev)
+        alpha = self.mu.index_select(0, group[:, 0])
+        condition(alpha, rows, 0, None)
+        blocks = self.blocks.reshape(G * d, k, k)
+        out = torch.empty_like(alpha)
         for t in range(1, L):
-            g, h = group[:, t - 1], group[:, t]
-            hit = self.succ[g] == h[:, None]  # (n, d): which successor move leads to the next token's group
-            pair = g * d + hit.to(torch.uint8).argmax(1)
-            # sequences sorted by (group, move), so each move is one (rows, k) @ (k, k) product on a slice
-            order = torch.argsort(pair)
-            counts = torch.bincount(pair, minlength=G * d)
+            key = pair[t - 1].index_select(0, rows)
+            order = torch.argsort(key)
+            counts = torch.bincount(key, minlength=G * d)
             moves = torch.nonzero(counts).squeeze(1)
             src = alpha.index_select(0, order)
-            out = torch.empty_like(src)
+            rows = rows.index_select(0, order)
             start = 0
             for p, c in zip(moves.tolist(), counts[moves].tolist()):
                 torch.matmul(src[start:start + c], blocks[p], out=out[start:start + c])
                 start += c
-            out *= (w[pair] * hit.any(1)).index_select(0, order)[:, None]
-            prior = torch.empty_like(out).index_copy_(0, order, out)
-            alpha = condition(prior, t)
+            condition(out, rows, t, weight[t - 1].index_select(0, rows))
+            alpha, out = out, src
         return BlockedFilterResult(group, beliefs, log_z)
 
     def log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:

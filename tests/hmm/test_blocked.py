@@ -105,3 +105,19 @@ def test_the_registry_builds_blocked_hmms_with_their_parameters():
     assert b.params == {"n_groups": 4, "group_size": 2, "tokens_per_group": 4, "successors": 4, "seed": 0,
                         "self_weight": 0.5}
     assert b.n_states == 8 and b.n_tokens == 16
+
+
+def test_blocked_filter_equals_dense_on_one_sequence_one_token_uneven_and_unvisited_groups():
+    b = random_blocked(5, 3, 2, 3, seed=4)
+    dense = b.to_dense()
+    many = b.sample(400, 6, seed=5)
+    avoid = many[~(many // 2 == 4).any(1)][:20]  # sequences that never visit group 4
+    assert len(avoid) > 0
+    uneven = torch.cat([many[:1].expand(60, -1), many[1:4]])  # one (group, move) holds most rows every step
+    for tokens in (many[:1], many[:7, :1], avoid, uneven):
+        res, ref = b.filter(tokens), forward_filter(dense, tokens)
+        torch.testing.assert_close(res.log_normalizers, ref.log_normalizers, rtol=0, atol=1e-10)
+        torch.testing.assert_close(b.beliefs(tokens), beliefs(dense, tokens), rtol=0, atol=1e-10)
+        assert torch.equal(b.filter(tokens, return_beliefs=False).log_normalizers, res.log_normalizers)
+    torch.testing.assert_close(b.filter(uneven).beliefs[:60], b.filter(many[:1]).beliefs.expand(60, -1, -1),
+                               rtol=0, atol=1e-12)
