@@ -8,6 +8,9 @@ tokens g m .. g m + m - 1, moving to the d groups ``succ[g]``); the weights are 
     B (G, d, k, k) = softmax(block_logits, -1)        state within the successor group
     E (G, k, m) = softmax(emit_logits, -1)            token within the group's block
 
+k is the data's states per group unless ``group_size`` says otherwise (a model smaller or larger than the data:
+tokens still name groups, so the groups and successors stay the data's and only the states within a group change).
+
 A token names its group, so the belief after any prefix lives on one group: k numbers, and a step costs
 O(d k^2) instead of the dense O(S^2). With b_t the posterior over the state that emitted token t (on group g_t):
 
@@ -68,6 +71,15 @@ def kept_count(group_size: int, state_dropout: float) -> int:
     return max(1, math.floor((1 - state_dropout) * group_size + 0.5))
 
 
+def parameter_count(cfg: BlockedBeliefNetConfig, hmm: BlockedHMM) -> int:
+    """Trained parameters of ``cfg`` on the structure of ``hmm`` (without building the model)."""
+    G, m, d = hmm.n_groups, hmm.tokens_per_group, hmm.succ.shape[1]
+    k = hmm.group_size if cfg.group_size is None else cfg.group_size
+    if cfg.parameterisation == "neural":
+        return neural_parameter_count(G * k, hmm.n_tokens, G, d, cfg.hidden)
+    return G * k + G * d + G * d * k * k + G * k * m
+
+
 def neural_parameter_count(n_states: int, n_tokens: int, n_groups: int, successors: int, hidden: int) -> int:
     """Parameters of the neural blocked Belief Net: embeddings, start vector, three residual MLPs, move logits."""
     h = hidden
@@ -86,7 +98,11 @@ class BlockedBeliefNet(HookedRootModule):
         if hmm.n_tokens != n_tokens:
             raise ValueError(f"blocked_belief_net: the data has {hmm.n_tokens} tokens, not {n_tokens}")
         self.cfg, self.n_tokens, self.n_ctx, self.seed = cfg, n_tokens, n_ctx, seed
-        G, k, m, d = hmm.n_groups, hmm.group_size, hmm.tokens_per_group, hmm.succ.shape[1]
+        G, m, d = hmm.n_groups, hmm.tokens_per_group, hmm.succ.shape[1]
+        k = hmm.group_size if cfg.group_size is None else cfg.group_size
+        if cfg.init == "truth" and k != hmm.group_size:
+            raise ValueError(f"model.group_size = {k} with init = 'truth' needs the data's group size "
+                             f"{hmm.group_size}")
         self._shape = (G, k, m, d)
         self.n_kept = kept_count(k, cfg.state_dropout)
         self.register_buffer("succ", hmm.succ.cpu().clone())

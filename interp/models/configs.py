@@ -162,7 +162,8 @@ class BlockedBeliefNetConfig:
     ``parameterisation = "neural"``: the blocks and emissions are softmaxes of products of state and token
     embeddings of width ``hidden`` passed through residual MLPs (O(h^2 + h S + h V) parameters instead of
     O(G d k^2)). ``state_dropout = p``: each training forward keeps round((1 - p) k) random states of every group
-    and filters on the HMM restricted to them; evaluation uses every state."""
+    and filters on the HMM restricted to them; evaluation uses every state. ``group_size``: the model's states per
+    group (None: the data's k); the groups, their tokens and successors stay the data's."""
 
     family: Literal["blocked_belief_net"] = "blocked_belief_net"
     init: str = "random"  # "random" | "truth"
@@ -170,6 +171,7 @@ class BlockedBeliefNetConfig:
     parameterisation: Literal["scalar", "neural"] = "scalar"
     hidden: int = 64  # the neural parameterisation's embedding width h
     state_dropout: float = 0.0
+    group_size: int | None = None  # the model's states per group; None: the data's
 
     def __post_init__(self):
         check_belief_net_init(self.init, ("random", "truth"))
@@ -185,6 +187,9 @@ class BlockedBeliefNetConfig:
                              "data's HMM exactly)")
         if isinstance(self.state_dropout, bool) or not 0 <= self.state_dropout < 1:
             raise ValueError(f"state_dropout must be a number in [0, 1), got {self.state_dropout!r}")
+        if self.group_size is not None:
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ValueError(f"group_size must be a positive integer or left out, got {self.group_size!r}")
 
     def to_dict(self) -> dict:
         """Without the neural and dropout keys at their defaults: a scalar config keeps the hash it had before
@@ -196,7 +201,7 @@ class BlockedBeliefNetConfig:
         return out
 
 
-_BLOCKED_DEFAULTS = {"parameterisation": "scalar", "hidden": 64, "state_dropout": 0.0}
+_BLOCKED_DEFAULTS = {"parameterisation": "scalar", "hidden": 64, "state_dropout": 0.0, "group_size": None}
 
 
 ModelConfig = Union[TransformerConfig, FixedAttentionConfig, SSMConfig, BeliefNetConfig, BlockedBeliefNetConfig]

@@ -50,8 +50,15 @@ def probed(run_dir: Path) -> bool:
         return False
 
 
+def probeable(cfg: RunConfig) -> bool:
+    """Probing needs the exact beliefs of a dense HMM or GHMM; runs on other data (block-sparse) only train."""
+    from interp.hmm import GHMM, HMM
+
+    return isinstance(cfg.process.build(), (HMM, GHMM))
+
+
 def done(cfg: RunConfig, run_dir: Path) -> bool:
-    return trained(cfg, run_dir) and probed(run_dir)
+    return trained(cfg, run_dir) and (probed(run_dir) or not probeable(cfg))
 
 
 # ----------------------------------------------------------------------------- job functions (run in workers)
@@ -62,7 +69,8 @@ def init_worker(threads: int = 1) -> None:
 
 
 def train_and_probe(cfg_dict: dict, run_dir: str, device: str) -> str:
-    """Train (or resume) the run into ``run_dir`` and probe it; whatever part is already done is reused."""
+    """Train (or resume) the run into ``run_dir`` and probe it (if :func:`probeable`); whatever part is already
+    done is reused."""
     from interp.interpret.analyse import probe_run
     from interp.training.trainer import Trainer
 
@@ -74,7 +82,7 @@ def train_and_probe(cfg_dict: dict, run_dir: str, device: str) -> str:
         result = Trainer(cfg, run_dir, device=device, resume=resume, force=exists and not resume).run()
         report.append(f"{'resumed and ' if resume else ''}trained {result.steps} steps "
                       f"(relative loss {result.relative_loss:.5f})")
-    if not probed(run_dir):
+    if probeable(cfg) and not probed(run_dir):
         out = probe_run(run_dir, device=device)
         report.append(f"probed (R^2 {out.best_r2:.4f} at {out.best_hook})")
     return ", ".join(report) or "already done"

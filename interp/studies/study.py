@@ -52,7 +52,7 @@ STUDY = "study.json"
 TABLE_JSON = "table.json"
 TABLE_MD = "table.md"
 FIGURES = "figures"
-KINDS = ("shai2024", "heads", "minimal_chain")  # each an analysis module interp.studies.<kind>
+KINDS = ("shai2024", "heads", "minimal_chain", "scaling")  # each an analysis module interp.studies.<kind>
 
 
 class StudyError(ValueError, RuntimeError):

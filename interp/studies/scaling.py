@@ -1,0 +1,88 @@
+"""Scaling blocked Belief Nets (``interp study runs/scaling_hmm.toml``, kind "scaling"; issue 23).
+
+Every run is a blocked Belief Net on block-sparse data (process ``blocked``): scalar or neural parameterisation,
+with or without state dropout, at some states per group (``model.group_size``, the data's when left out). Per run:
+its parameters, held-out NLL per token against the data HMM's own (the exact blocked filter's loss on the same
+held-out sequences, ``optimal_loss`` in result.json), their gap, and the seconds per training step. The trainer
+does not record peak memory, so that column says so. Block-sparse runs are trained, not probed (probing needs the
+dense beliefs; :func:`interp.studies.jobs.probeable`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interp.io import read_json
+from interp.rundir import RESULT
+
+NOT_MEASURED = "not measured"
+COLUMNS = ["run", "parameterisation", "hidden", "state dropout", "states", "parameters", "held-out NLL",
+           "true NLL", "gap", "s / step", "peak memory"]
+
+
+def check_config(cfg) -> None:
+    """Refuse options (this analysis has none) and runs that are not blocked Belief Nets."""
+    if cfg.options:
+        raise ValueError(f"options.{sorted(cfg.options)[0]}: unknown option for kind scaling (it takes none)")
+    for name, run in cfg.run_configs().items():
+        if run.model.family != "blocked_belief_net":
+            raise ValueError(f"runs.{name}: the scaling study compares blocked Belief Nets, got family "
+                             f"{run.model.family!r}")
+
+
+def variant(row: dict) -> str:
+    """The line a row belongs to in the figure: parameterisation and dropout."""
+    return f"{row['parameterisation']}, dropout {row['state dropout']:g}"
+
+
+def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu", log=print) -> dict:
+    """One row per run (module docstring), a note comparing parameters and step times, one figure (the gap
+    against states, one line per variant)."""
+    from interp.figures.scaling import gap_against_states
+    from interp.models.blocked_belief_net import parameter_count
+    from interp.training.trainer import TrainResult
+
+    rows, structures = [], {}
+    for name, run in cfg.run_configs().items():
+        key = run.process.to_dict().__repr__()
+        if key not in structures:
+            structures[key] = run.process.build()
+        hmm, model = structures[key], run.model
+        k = hmm.group_size if model.group_size is None else model.group_size
+        result = TrainResult.from_dict(read_json(run_dirs[name] / RESULT))
+        rows.append({"run": name, "parameterisation": model.parameterisation,
+                     "hidden": model.hidden if model.parameterisation == "neural" else None,
+                     "state dropout": model.state_dropout, "states": f"{hmm.n_groups} x {k}",
+                     "n_states": hmm.n_groups * k, "parameters": parameter_count(model, hmm),
+                     "held-out NLL": result.eval_loss, "true NLL": result.optimal_loss,
+                     "gap": result.eval_loss - result.optimal_loss,
+                     "s / step": result.train_seconds / max(result.steps, 1), "peak memory": NOT_MEASURED})
+    notes = ["held-out NLL: nats per token on the run's held-out sequences; true NLL: the data HMM's exact "
+             "(blocked filter) NLL on the same sequences; gap: their difference.",
+             "s / step: result.json's train seconds over its steps (evaluation and checkpoints excluded), on the "
+             f"device the runs trained on; peak memory: {NOT_MEASURED} (the trainer does not record it)."]
+    notes += _comparisons(rows)
+    figures = gap_against_states(rows, out_dir / "figures")
+    return {"title": "Scaling blocked Belief Nets: scalar against neural, with and without state dropout",
+            "columns": COLUMNS, "rows": rows, "notes": notes, "figures": figures, "extra": {}}
+
+
+def _comparisons(rows: list[dict]) -> list[str]:
+    """Per state count: scalar over neural parameters, and the step time without dropout over with it."""
+    out = []
+    for n in sorted({r["n_states"] for r in rows}):
+        mine = [r for r in rows if r["n_states"] == n]
+        scalar = [r for r in mine if r["parameterisation"] == "scalar"]
+        neural = [r for r in mine if r["parameterisation"] == "neural"]
+        parts = []
+        if scalar and neural:
+            parts.append(f"{scalar[0]['parameters'] / min(r['parameters'] for r in neural):.1f}x fewer parameters "
+                         "neural than scalar")
+        for kind in ("scalar", "neural"):
+            plain = [r["s / step"] for r in mine if r["parameterisation"] == kind and r["state dropout"] == 0]
+            drop = [r["s / step"] for r in mine if r["parameterisation"] == kind and r["state dropout"] > 0]
+            if plain and drop:
+                parts.append(f"{kind} steps {plain[0] / drop[0]:.2f}x as fast with dropout")
+        if parts:
+            out.append(f"{n} states: " + "; ".join(parts) + ".")
+    return out
