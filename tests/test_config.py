@@ -565,8 +565,25 @@ def _shipped_runs() -> list[tuple[str, object]]:
 @pytest.mark.parametrize("name,cfg", _shipped_runs(), ids=[n for n, _ in _shipped_runs()])
 def test_shipped_configs_need_far_less_than_a_laptop(name, cfg):
     from interp.hmm.blocked import BlockedHMM
-    from interp.training.runconfig import memory_estimate
+    from interp.training.runconfig import blocked_shape, memory_estimate
 
     hmm = cfg.process.build()
-    est = memory_estimate(cfg.model, cfg.train, hmm.n_tokens, hmm.n_states, monte_carlo=not isinstance(hmm, BlockedHMM))
+    est = memory_estimate(cfg.model, cfg.train, hmm.n_tokens, hmm.n_states, monte_carlo=not isinstance(hmm, BlockedHMM),
+                          blocked=blocked_shape(hmm))
     assert max(est.values()) < 4e9, est
+
+
+def test_a_blocked_models_memory_counts_its_blocks_not_a_dense_matrix():
+    from interp.hmm.processes import get_process
+    from interp.models.blocked_belief_net import parameter_count
+    from interp.models.configs import BlockedBeliefNetConfig
+    from interp.training.runconfig import _model_size, blocked_shape
+
+    hmm = get_process("blocked", n_groups=8, group_size=16, tokens_per_group=2, successors=3, seed=0)
+    shape = blocked_shape(hmm)
+    assert shape == (8, 16, 2, 3)
+    for cfg in (BlockedBeliefNetConfig(), BlockedBeliefNetConfig(group_size=4),
+                BlockedBeliefNetConfig(parameterisation="neural", hidden=8)):
+        params = _model_size(cfg, 10, hmm.n_tokens, hmm.n_states, shape)[0]
+        assert params == parameter_count(cfg, hmm)  # the built model's count, tested in tests/models
+    assert blocked_shape(get_process("mess3")) is None

@@ -111,9 +111,10 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         out = {**to_dict(self), "process": self.process.to_dict()}
+        runs = self.run_configs()
         for name, entry in self.runs.items():
             run = out["runs"][name]
-            run["model"] = self.run_configs()[name].to_dict()["model"]
+            run["model"] = runs[name].to_dict()["model"]
             if entry.process is not None:
                 run["process"] = entry.process.to_dict()
             else:

@@ -58,6 +58,16 @@ class ProcessConfig:
         self._import()  # a worker process rebuilding the config from its dict imports the module here too
         return get_process(self.name, **self.params)
 
+    def checked(self) -> HMM:
+        """The process, built once per (name, params, module) and shared: for checks of a config (sizes,
+        kinds), never to be modified; :meth:`build` gives a fresh one to use."""
+        key = (self.name, fingerprint(self.params), self.module)
+        if key not in _CHECKED:
+            if len(_CHECKED) >= 16:  # a few processes per config: keep the memory bounded
+                _CHECKED.clear()
+            _CHECKED[key] = self.build()
+        return _CHECKED[key]
+
     def to_dict(self) -> dict:
         """Without ``module`` when it is None: a config that has none keeps the hash it had before the key
         existed."""
@@ -118,10 +128,22 @@ MC_SEQUENCES = 20_000  # the optimal loss's Monte Carlo sequences (interp.hmm.op
 EVAL_CHUNK = 4096  # sequences per evaluation forward pass (the trainer's _EVAL_BATCH)
 
 
-def _model_size(model: ModelConfig, length: int, n_tokens: int, n_states: int) -> tuple[float, float, int, float]:
-    """(parameters, activations per layer per sequence, layers, other activations per sequence), in numbers."""
+def _model_size(model: ModelConfig, length: int, n_tokens: int, n_states: int,
+                blocked: tuple[int, int, int, int] | None = None) -> tuple[float, float, int, float]:
+    """(parameters, activations per layer per sequence, layers, other activations per sequence), in numbers.
+    ``blocked``: the data's (groups, states per group, tokens per group, successors) for block-sparse data."""
     L, V = length, n_tokens
     logits = 3.0 * L * V  # logits, their log-softmax and its gradient
+    if model.family == "blocked_belief_net" and blocked is not None:
+        G, k_data, m, d = blocked
+        k = model.group_size or k_data
+        if model.parameterisation == "neural":
+            h = model.hidden
+            params = G * k * h + V * h + h + 3.0 * (2 * h * h + 4 * h) + G * d
+        else:
+            params = G * k + G * d + G * d * k * k + G * k * m
+        # a step keeps the belief on one group (k) and the mass over (move, state) (d k), with their gradients
+        return params, 6.0 * L * (k + d * k), 1, logits
     if model.family == "transformer":
         L += model.bos
         hd = model.n_heads * model.d_head
@@ -143,15 +165,27 @@ def _model_size(model: ModelConfig, length: int, n_tokens: int, n_states: int) -
     return s * s + s * V + s, 6.0 * L * s, 1, logits
 
 
+_CHECKED: dict[tuple, HMM] = {}  # ProcessConfig.checked's processes, by (name, params' fingerprint, module)
+
+
+def blocked_shape(hmm) -> tuple[int, int, int, int] | None:
+    """(groups, states per group, tokens per group, successors) of block-sparse data, else None."""
+    from interp.hmm.blocked import BlockedHMM
+
+    if not isinstance(hmm, BlockedHMM):
+        return None
+    return hmm.n_groups, hmm.group_size, hmm.tokens_per_group, int(hmm.succ.shape[1])
+
+
 def memory_estimate(model: ModelConfig, train: TrainConfig, n_tokens: int, n_states: int, *,
-                    monte_carlo: bool = True) -> dict[str, float]:
+                    monte_carlo: bool = True, blocked: tuple[int, int, int, int] | None = None) -> dict[str, float]:
     """Bytes of a run's dominant allocations, from its config and the data's sizes alone: ``step`` (one training
     step: weights, gradients and optimiser state, the batch's activations and their gradients), ``eval`` (the
     held-out set, one evaluation pass and, with ``monte_carlo``, the optimal loss's Monte Carlo beliefs, which
     block-sparse data does without) and ``data`` (the fixed training set; 0 for fresh samples). The largest
     terms only, so it errs low: it refuses only what cannot fit."""
     item = 8 if train.dtype == "float64" else 4
-    params, layer, layers, other = _model_size(model, train.context, n_tokens, n_states)
+    params, layer, layers, other = _model_size(model, train.context, n_tokens, n_states, blocked)
     per_sequence = layer * layers + other
     step = 4 * item * params + 2 * item * train.batch_size * per_sequence + 8 * train.batch_size * train.context
     held = train.eval_sequences * train.context * 16  # int64 tokens and float64 log-normalisers
@@ -176,15 +210,16 @@ def _largest_size_key(model: ModelConfig) -> str:
 
 
 def check_memory(model: ModelConfig, train: TrainConfig, n_tokens: int, n_states: int, available: int | None, *,
-                 monte_carlo: bool = True) -> None:
+                 monte_carlo: bool = True, blocked: tuple[int, int, int, int] | None = None) -> None:
     """Raise ValueError naming the key to lower when a training step, the held-out set or the fixed training set
     cannot fit in ``available`` bytes: the first of the keys whose smallest value would make it fit."""
     if available is None:
         return
-    est = memory_estimate(model, train, n_tokens, n_states, monte_carlo=monte_carlo)
+    est = memory_estimate(model, train, n_tokens, n_states, monte_carlo=monte_carlo, blocked=blocked)
 
     def fits(part: str, **smaller) -> bool:
-        est = memory_estimate(model, replace(train, **smaller), n_tokens, n_states, monte_carlo=monte_carlo)
+        est = memory_estimate(model, replace(train, **smaller), n_tokens, n_states, monte_carlo=monte_carlo,
+                              blocked=blocked)
         return est[part] <= available
 
     for part, what, keys in (
@@ -220,7 +255,7 @@ class RunConfig:
         if self.seed < 0:  # SeedSequence refuses it, deep inside training
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         try:
-            hmm = self.process.build()
+            hmm = self.process.checked()
         except ValueError as err:
             raise ValueError(f"process.params: {err}") from err
         from interp.hmm.blocked import BlockedHMM
@@ -239,10 +274,10 @@ class RunConfig:
         trained on a larger machine can still be analysed here."""
         from interp.hmm.blocked import BlockedHMM
 
-        hmm = self.process.build()
+        hmm = self.process.checked()
         check_memory(self.model, self.train, hmm.n_tokens, hmm.n_states,
                      physical_memory() if available is None else available,
-                     monte_carlo=not isinstance(hmm, BlockedHMM))
+                     monte_carlo=not isinstance(hmm, BlockedHMM), blocked=blocked_shape(hmm))
 
     def to_dict(self) -> dict:
         out = {**to_dict(self), "process": self.process.to_dict()}
