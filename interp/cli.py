@@ -215,6 +215,10 @@ def cmd_describe(args) -> None:
             raise
         raise ValueError(f"--param {', '.join(f'{k}={v!r}' for k, v in params.items())}: {err}") from None
     label = f"{hmm.name}({', '.join(f'{k}={v}' for k, v in hmm.params.items())})"
+    from interp.hmm.blocked import BlockedHMM
+
+    if isinstance(hmm, BlockedHMM):
+        return _describe_blocked(hmm, label, args)
     print(f"process   {label}: {hmm.n_states} states, {hmm.n_tokens} tokens; stationary pi = {_fmt_vec(hmm.pi)}")
     from interp.hmm.heads import head_count
 
@@ -251,6 +255,26 @@ def cmd_describe(args) -> None:
         print(f"{t:>4} {v:>10.6f} {how:>9} {v - rate.value:>12.2e}")
     print(f"\nentropy rate  {rate.value:.6f} +- {rate.stderr:.1e} nats/token (Monte Carlo over exact beliefs)")
     print(f"unigram loss  {uni:.6f} nats/token; learnable gap {uni - rate.value:.6f} nats/token")
+
+
+def _describe_blocked(hmm, label: str, args) -> None:
+    """What ``describe`` can say of a block-sparse process: its structure, sampling, its own filter's loss."""
+    import torch
+
+    print(f"process   {label}: {hmm.n_states} states in {hmm.n_groups} groups of {hmm.group_size}, {hmm.n_tokens} "
+          f"tokens ({hmm.tokens_per_group} a group), {hmm.succ.shape[1]} successor groups each")
+    t0 = time.perf_counter()
+    tokens = hmm.sample(args.samples, args.length, seed=args.seed)
+    dt = time.perf_counter() - t0
+    seen = int((torch.bincount(tokens.reshape(-1), minlength=hmm.n_tokens) > 0).sum())
+    print(f"sample    {args.samples} x {args.length} tokens in {dt:.3f} s; {seen} of {hmm.n_tokens} tokens seen")
+    t0 = time.perf_counter()
+    ll = hmm.log_likelihood(tokens)
+    dt = time.perf_counter() - t0
+    print(f"filter    the blocked filter over all {tokens.numel()} prefixes in {dt:.3f} s; sample log-loss "
+          f"{-float(ll.sum()) / tokens.numel():.5f} nats/token; unigram loss {hmm.unigram_loss():.5f}")
+    print("exact     optimal loss per position, MSP and head count: dense processes only (this one has "
+          f"{hmm.n_states} states)")
 
 
 def cmd_train(args) -> None:

@@ -121,3 +121,18 @@ def test_blocked_filter_equals_dense_on_one_sequence_one_token_uneven_and_unvisi
         assert torch.equal(b.filter(tokens, return_beliefs=False).log_normalizers, res.log_normalizers)
     torch.testing.assert_close(b.filter(uneven).beliefs[:60], b.filter(many[:1]).beliefs.expand(60, -1, -1),
                                rtol=0, atol=1e-12)
+
+
+def test_describe_a_blocked_process_reports_its_structure_and_its_filters_loss(capsys):
+    from interp.cli import main
+
+    args = ["describe", "--process", "blocked", "--param", "n_groups=4", "--param", "group_size=8",
+            "--samples", "500", "--length", "6", "--seed", "3"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["process", "sample", "filter", "exact"]
+    assert "32 states in 4 groups of 8, 16 tokens (4 a group), 4 successor groups each" in lines[0]
+    hmm = get_process("blocked", n_groups=4, group_size=8)
+    tokens = hmm.sample(500, 6, seed=3)
+    loss = -float(hmm.log_likelihood(tokens).sum()) / tokens.numel()
+    assert f"sample log-loss {loss:.5f} nats/token" in lines[2]
