@@ -13,6 +13,7 @@ Storage is G d k^2 + G k m + G k numbers instead of the dense V S^2; filtering c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,6 +262,8 @@ def random_blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: 
         raise ValueError(f"successors ({successors}) cannot exceed n_groups ({n_groups})")
     if not 0 < self_weight <= 1 or (successors == 1 and self_weight != 1):
         raise ValueError(f"self_weight must be in (0, 1] (1 when successors is 1), got {self_weight}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
     rng = np.random.default_rng(seed)
     G, k, m, d = n_groups, group_size, tokens_per_group, successors
 

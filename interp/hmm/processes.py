@@ -439,9 +439,10 @@ def cyclic(n_states: int = 64, n_tokens: int = 128, seed: int = 0, shift_weight:
 
 @register("blocked")
 def blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: int = 4, successors: int = 4, seed: int = 0,
-            self_weight: float = 0.5):
+            self_weight: float = 0.5, alpha: float = 1.0):
     """Block-sparse HMM (``interp.hmm.blocked.BlockedHMM``): groups of ``group_size`` states, each emitting its own
-    ``tokens_per_group`` tokens and moving to ``successors`` groups; never stored as a dense tensor."""
+    ``tokens_per_group`` tokens and moving to ``successors`` groups; never stored as a dense tensor. ``alpha``: the
+    Dirichlet concentration of the blocks' and emissions' rows (small: sparse rows, a state that remembers more)."""
     from interp.hmm.blocked import random_blocked
 
-    return random_blocked(n_groups, group_size, tokens_per_group, successors, seed, self_weight)
+    return random_blocked(n_groups, group_size, tokens_per_group, successors, seed, self_weight, alpha)

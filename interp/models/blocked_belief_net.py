@@ -210,6 +210,9 @@ class BlockedBeliefNet(HookedRootModule):
         # per group: its d blocks side by side (k, d k), and the emissions of its successors (d, k, m)
         B_cat = B.permute(0, 2, 1, 3).reshape(G, k, d * k)
         E_next = E[succ]  # (G, d, k, m)
+        # one view per group: indexing B_cat[g] in the loop would make every use's gradient a full-size zero tensor
+        # (G k d k numbers, 100 MB at k = 256); unbind sums each group's gradient in its own slot and stacks once
+        B_parts, E_parts, w_parts = B_cat.unbind(0), E_next.unbind(0), w.unbind(0)
         rows = torch.arange(n, device=tokens.device)
 
         b = mu[group[:, 0]] * E[group[:, 0], :, local[:, 0]]
@@ -222,11 +225,11 @@ class BlockedBeliefNet(HookedRootModule):
             order = torch.argsort(g, stable=True)
             present, counts = torch.unique_consecutive(g[order], return_counts=True)
             groups = list(zip(present.tolist(), torch.split(order, counts.tolist())))
-            q_parts = [(b[rows_g] @ B_cat[gg]).reshape(-1, d, k) * w[gg][:, None] for gg, rows_g in groups]
+            q_parts = [(b[rows_g] @ B_parts[gg]).reshape(-1, d, k) * w_parts[gg][:, None] for gg, rows_g in groups]
             inverse = torch.empty_like(order)
             inverse[order] = rows
             q = recurrent_hook(block.hook_resid_post, post, torch.cat(q_parts)[inverse].reshape(n, d * k)).reshape(n, d, k)
-            p_parts = [torch.einsum("rdk,dkm->rdm", q[rows_g], E_next[gg]) for gg, rows_g in groups]  # (r, d, m)
+            p_parts = [torch.einsum("rdk,dkm->rdm", q[rows_g], E_parts[gg]) for gg, rows_g in groups]  # (r, d, m)
             p = torch.cat(p_parts)[inverse]  # (n, d, m): next-token probabilities, token succ[g, e] m + c
             idx = (succ[g][:, :, None] * m + torch.arange(m, device=tokens.device)).reshape(n, d * m)
             step = torch.full((n, self.n_tokens), _LOG_ZERO, dtype=p.dtype, device=p.device)

@@ -103,8 +103,24 @@ def test_the_registry_builds_blocked_hmms_with_their_parameters():
     b = get_process("blocked", n_groups=4, group_size=2)
     assert isinstance(b, BlockedHMM) and b.name == "blocked"
     assert b.params == {"n_groups": 4, "group_size": 2, "tokens_per_group": 4, "successors": 4, "seed": 0,
-                        "self_weight": 0.5}
+                        "self_weight": 0.5, "alpha": 1.0}
     assert b.n_states == 8 and b.n_tokens == 16
+
+
+def test_alpha_sets_how_sparse_the_rows_are():
+    def row_entropy(hmm):
+        rows = hmm.blocks.reshape(-1, hmm.group_size)
+        return -(rows * torch.log(rows.clamp_min(1e-300))).sum(-1).mean().item()
+
+    default, one = get_process("blocked", n_groups=8, group_size=16), get_process("blocked", n_groups=8,
+                                                                                   group_size=16, alpha=1.0)
+    assert torch.equal(default.blocks, one.blocks) and torch.equal(default.emit, one.emit)
+    sparse, flat = (get_process("blocked", n_groups=8, group_size=16, alpha=a) for a in (0.05, 20.0))
+    # E[row entropy] of Dirichlet(alpha) rises with alpha: near 0 at 0.05, near log k at 20
+    assert row_entropy(sparse) < 0.5 * row_entropy(one) < row_entropy(one) < row_entropy(flat)
+    for bad in (0, -1.0, float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="alpha must be a positive number"):
+            get_process("blocked", n_groups=4, group_size=2, alpha=bad)
 
 
 def test_blocked_filter_equals_dense_on_one_sequence_one_token_uneven_and_unvisited_groups():

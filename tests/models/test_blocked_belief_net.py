@@ -66,6 +66,29 @@ def test_the_expected_gradient_at_the_truth_is_zero():
     assert max(float(p.grad.abs().max()) for p in model.parameters()) > 1e-3
 
 
+@pytest.mark.parametrize("parameterisation", ["scalar", "neural"])
+def test_its_gradient_is_the_finite_difference_gradient(parameterisation):
+    """The per-group views the recurrence multiplies by (one gradient slot per group) against central differences
+    of the loss, on random logits where every group is visited by several rows at several positions."""
+    hmm = small()
+    cfg = BlockedBeliefNetConfig(parameterisation=parameterisation, hidden=4) if parameterisation == "neural" \
+        else BlockedBeliefNetConfig()
+    model = build_model(cfg, hmm.n_tokens, 7, hmm=hmm, dtype=torch.float64, seed=2)
+    tokens = sample(hmm, 12, 7, seed=4)
+    names, params = zip(*model.named_parameters())
+    g = torch.Generator().manual_seed(5)
+    # the MLP biases start at 0, where a state with a = 0 sits exactly on relu's kink: move them off it
+    params = tuple(p + 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) if "_b" in n else p
+                   for n, p in zip(names, params))
+
+    def loss(*values):
+        logits = torch.func.functional_call(model, dict(zip(names, values)), (tokens,))
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, hmm.n_tokens), tokens[:, 1:].reshape(-1))
+
+    assert torch.autograd.gradcheck(loss, tuple(p.detach().clone().requires_grad_() for p in params),
+                                    eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 def test_stationary_distribution_and_unigram_loss_match_the_dense_hmm():
     hmm = small()
     dense = hmm.to_dense()
