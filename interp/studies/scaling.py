@@ -3,9 +3,12 @@
 Every run is a blocked Belief Net on block-sparse data (process ``blocked``): scalar or neural parameterisation,
 with or without state dropout, at some states per group (``model.group_size``, the data's when left out). Per run:
 its parameters, held-out NLL per token against the data HMM's own (the exact blocked filter's loss on the same
-held-out sequences, ``optimal_loss`` in result.json), their gap, and the seconds per training step. The trainer
-does not record peak memory, so that column says so. Block-sparse runs are trained, not probed (probing needs the
-dense beliefs; :func:`interp.studies.jobs.probeable`).
+held-out sequences, ``optimal_loss`` in result.json), their gap, the seconds per training step, and the peak memory
+of one training step (:func:`interp.training.memory.step_memory`, measured in a fresh process). A run with one
+state per group (``group_size = 1``: the chain of groups alone, what the tokens say without any hidden state)
+is the baseline: each other run's share of its gap closed says how much of the hidden state's information it
+learned. Block-sparse runs are trained, not probed (probing needs the dense beliefs;
+:func:`interp.studies.jobs.probeable`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from interp.rundir import RESULT
 
 NOT_MEASURED = "not measured"
 COLUMNS = ["run", "parameterisation", "hidden", "state dropout", "states", "parameters", "held-out NLL",
-           "true NLL", "gap", "s / step", "peak memory"]
+           "true NLL", "gap", "share of the group-chain gap closed", "s / step", "step memory (MB)"]
 
 
 def check_config(cfg) -> None:
@@ -40,6 +43,7 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
     against states, one line per variant)."""
     from interp.figures.scaling import gap_against_states
     from interp.models.blocked_belief_net import parameter_count
+    from interp.training.memory import step_memory
     from interp.training.trainer import TrainResult
 
     rows, structures = [], {}
@@ -56,11 +60,22 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
                      "n_states": hmm.n_groups * k, "parameters": parameter_count(model, hmm),
                      "held-out NLL": result.eval_loss, "true NLL": result.optimal_loss,
                      "gap": result.eval_loss - result.optimal_loss,
-                     "s / step": result.train_seconds / max(result.steps, 1), "peak memory": NOT_MEASURED})
+                     "group_size": k, "s / step": result.train_seconds / max(result.steps, 1)})
+        memory = step_memory(run, device)
+        rows[-1]["step memory (MB)"] = NOT_MEASURED if memory is None else memory / 2**20
+        log(f"{name}: gap {rows[-1]['gap']:.4f}, step memory {rows[-1]['step memory (MB)']}")
+    chain = [r for r in rows if r["group_size"] == 1 and r["state dropout"] == 0]
+    for r in rows:
+        r["share of the group-chain gap closed"] = (1 - r["gap"] / chain[0]["gap"]) if chain else None
     notes = ["held-out NLL: nats per token on the run's held-out sequences; true NLL: the data HMM's exact "
              "(blocked filter) NLL on the same sequences; gap: their difference.",
+             "share of the group-chain gap closed: 1 - gap / the gap of the run with one state per group (the chain "
+             "of groups alone): 0 learns nothing the tokens' groups do not say, 1 is the true model"
+             + ("." if chain else "; no such run here, so none is given."),
              "s / step: result.json's train seconds over its steps (evaluation and checkpoints excluded), on the "
-             f"device the runs trained on; peak memory: {NOT_MEASURED} (the trainer does not record it)."]
+             "device the runs trained on; step memory: the peak of one training step (parameters, gradients, "
+             "optimiser state, activations) in a fresh process on that device, batch and context as trained "
+             f"({NOT_MEASURED} where the platform has no peak counter)."]
     notes += _comparisons(rows)
     figures = gap_against_states(rows, out_dir / "figures")
     return {"title": "Scaling blocked Belief Nets: scalar against neural, with and without state dropout",
