@@ -263,6 +263,10 @@ class RunConfig:
         if self.model.family == "blocked_belief_net" and not isinstance(hmm, BlockedHMM):
             raise ValueError(f"blocked_belief_net needs block-sparse data (process 'blocked'), not "
                              f"{self.process.name!r}")
+        if (self.model.family == "blocked_belief_net" and self.model.init == "truth"
+                and self.model.group_size not in (None, hmm.group_size)):
+            raise ValueError(f"model.group_size = {self.model.group_size} with init = 'truth' needs the data's "
+                             f"group size {hmm.group_size}")
         if getattr(self.model, "init", None) == "truth" and not isinstance(hmm, (HMM, BlockedHMM)):
             # a Belief Net starts from an emission form, which a generalised HMM's signed matrices lack
             raise ValueError(f"model.init: 'truth' needs an HMM's emission form; process {self.process.name!r} is "

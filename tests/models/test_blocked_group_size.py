@@ -55,3 +55,6 @@ def test_bad_group_sizes_are_refused():
     hmm = run_config().process.build()
     with pytest.raises(ValueError, match="model.group_size = 3 with init = 'truth' needs the data's group size 6"):
         build_model(BlockedBeliefNetConfig(init="truth", group_size=3), hmm.n_tokens, 8, hmm=hmm)
+    with pytest.raises(ConfigError, match="model.group_size = 3 with init = 'truth' needs the data's group size 6"):
+        run_config(group_size=3, init="truth")  # when the config loads, before anything is built
+    assert run_config(group_size=6, init="truth").model.group_size == 6
