@@ -15,7 +15,7 @@ def gap_against_states(rows: list[dict], folder: Path) -> list[str]:
     rows = [r for r in rows if r["group_size"] > 1]
     variants = list(dict.fromkeys(variant(r) for r in rows))
     with figure_style():
-        fig, ax = plt.subplots(figsize=(5.0, 3.2), layout="constrained")
+        fig, ax = plt.subplots(figsize=(7.0, 3.2), layout="constrained")
         for r in chain[:1]:
             ax.axhline(r["gap"], color="0.5", ls="--", lw=1, label="groups alone (1 state per group)")
         for i, name in enumerate(variants):
@@ -24,6 +24,6 @@ def gap_against_states(rows: list[dict], folder: Path) -> list[str]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("model states (groups x states per group)")
         ax.set_ylabel("held-out NLL - true NLL (nats/token)")
-        ax.legend(loc="upper right")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the lines cross anywhere
         paths = save(fig, folder, "scaling")
     return [p.name for p in paths]
