@@ -7,7 +7,8 @@ held-out sequences, ``optimal_loss`` in result.json), their gap, the seconds per
 of one training step (:func:`interp.training.memory.step_memory`, measured in a fresh process). A run with one
 state per group (``group_size = 1``: the chain of groups alone, what the tokens say without any hidden state)
 is the baseline: each other run's share of its gap closed says how much of the hidden state's information it
-learned. Block-sparse runs are trained, not probed (probing needs the dense beliefs;
+learned. Each run's gap at every evaluation (its metrics.jsonl) is drawn against the step, so a reader sees which
+runs were still improving when they stopped. Block-sparse runs are trained, not probed (probing needs the dense beliefs;
 :func:`interp.studies.jobs.probeable`).
 """
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interp.io import read_json
-from interp.rundir import RESULT
+from interp.io import read_json, read_jsonl
+from interp.rundir import METRICS, RESULT
 
 NOT_MEASURED = "not measured"
 COLUMNS = ["run", "parameterisation", "hidden", "state dropout", "states", "parameters", "held-out NLL",
-           "true NLL", "gap", "share of the group-chain gap closed", "s / step", "step memory (MB)"]
+           "true NLL", "gap", "gap one evaluation earlier", "share of the group-chain gap closed", "s / step",
+           "step memory (MB)"]
 
 
 def check_config(cfg) -> None:
@@ -39,9 +41,9 @@ def variant(row: dict) -> str:
 
 
 def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu", log=print) -> dict:
-    """One row per run (module docstring), a note comparing parameters and step times, one figure (the gap
-    against states, one line per variant)."""
-    from interp.figures.scaling import gap_against_states
+    """One row per run (module docstring), a note comparing parameters and step times, two figures (the gap
+    against states, one line per variant; the gap against the training step, one panel per state count)."""
+    from interp.figures.scaling import gap_against_states, gap_against_steps
     from interp.models.blocked_belief_net import parameter_count
     from interp.training.memory import step_memory
     from interp.training.trainer import TrainResult
@@ -60,7 +62,10 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
                      "n_states": hmm.n_groups * k, "parameters": parameter_count(model, hmm),
                      "held-out NLL": result.eval_loss, "true NLL": result.optimal_loss,
                      "gap": result.eval_loss - result.optimal_loss,
-                     "group_size": k, "s / step": result.train_seconds / max(result.steps, 1)})
+                     "group_size": k, "s / step": result.train_seconds / max(result.steps, 1),
+                     "curve": learning_curve(run_dirs[name])})
+        earlier = rows[-1]["curve"][-2:-1]
+        rows[-1]["gap one evaluation earlier"] = earlier[0][1] if earlier else None
         memory = step_memory(run, device)
         rows[-1]["step memory (MB)"] = NOT_MEASURED if memory is None else memory / 2**20
         log(f"{name}: gap {rows[-1]['gap']:.4f}, step memory {rows[-1]['step memory (MB)']}")
@@ -72,14 +77,24 @@ def analyse(cfg, run_dirs: dict[str, Path], out_dir: Path, *, device: str = "cpu
              "share of the group-chain gap closed: 1 - gap / the gap of the run with one state per group (the chain "
              "of groups alone): 0 learns nothing the tokens' groups do not say, 1 is the true model"
              + ("." if chain else "; no such run here, so none is given."),
+             "gap one evaluation earlier: the gap at the evaluation before the last (figure scaling_steps: every "
+             "evaluation), to show whether a run was still improving when it stopped.",
              "s / step: result.json's train seconds over its steps (evaluation and checkpoints excluded), on the "
              "device the runs trained on; step memory: the peak of one training step (parameters, gradients, "
              "optimiser state, activations) in a fresh process on that device, batch and context as trained "
              f"({NOT_MEASURED} where the platform has no peak counter)."]
     notes += _comparisons(rows)
-    figures = gap_against_states(rows, out_dir / "figures")
+    figures = gap_against_states(rows, out_dir / "figures") + gap_against_steps(rows, out_dir / "figures")
     return {"title": "Scaling blocked Belief Nets: scalar against neural, with and without state dropout",
             "columns": COLUMNS, "rows": rows, "notes": notes, "figures": figures, "extra": {}}
+
+
+def learning_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, held-out NLL - true NLL) at every evaluation the run logged, in step order (a step logged twice, by
+    a resumed run, counts once: its last line)."""
+    gaps = {int(r["step"]): r["eval_loss"] - r["optimal_loss"] for r in read_jsonl(run_dir / METRICS)
+            if r.get("eval_loss") is not None and r.get("optimal_loss") is not None}
+    return sorted(gaps.items())
 
 
 def _comparisons(rows: list[dict]) -> list[str]:

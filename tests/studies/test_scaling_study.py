@@ -36,15 +36,29 @@ def test_blocked_runs_are_trained_without_probes_and_tabulated(tmp_path):
         assert r["true NLL"] > 0 and r["gap"] == pytest.approx(r["held-out NLL"] - r["true NLL"])
         assert r["s / step"] > 0
         assert r["share of the group-chain gap closed"] == pytest.approx(1 - r["gap"] / rows["chain"]["gap"])
+        assert [step for step, _ in r["curve"]] == [0, 1, 2]  # every evaluation (eval_every = 1)
+        assert r["curve"][-1][1] == pytest.approx(r["gap"]) and r["gap one evaluation earlier"] == r["curve"][1][1]
         if sys.platform.startswith("linux"):  # measured by interp.training.memory (tested there)
             assert r["step memory (MB)"] > 0
-    assert res["figures"] and all((tmp_path / "s" / "figures" / f).is_file() for f in res["figures"])
+    assert {"scaling.png", "scaling_steps.png"} <= set(res["figures"])
+    assert all((tmp_path / "s" / "figures" / f).is_file() for f in res["figures"])
     for name, run in cfg.run_configs().items():
         assert not probeable(run) and done(run, s.run_dirs()[name])
         assert not (s.run_dirs()[name] / "probe.json").exists()
     again = []
     Study(cfg, tmp_path / "s", workers=0, log=again.append).run()
     assert any("4 runs, 4 done already, 0 to run" in line for line in again)
+
+
+def test_the_learning_curve_reads_every_evaluation_once(tmp_path):
+    from interp.io import append_jsonl
+    from interp.studies.scaling import learning_curve
+
+    for row in ({"step": 0, "eval_loss": 3.0, "optimal_loss": 2.5}, {"step": 5, "train_loss": 2.9},
+                {"step": 10, "eval_loss": 2.75, "optimal_loss": 2.5},
+                {"step": 10, "eval_loss": 2.625, "optimal_loss": 2.5}):  # step 10 again: a resumed run's line
+        append_jsonl(tmp_path / "metrics.jsonl", row)
+    assert learning_curve(tmp_path) == [(0, 0.5), (10, 0.125)]
 
 
 def test_a_dense_process_is_probeable():
