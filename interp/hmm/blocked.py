@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from interp.hmm import native
 from interp.hmm.core import HMM
 
 
@@ -27,6 +28,7 @@ class BlockedFilterResult:
     group: torch.Tensor  # (n, L) long: the group every belief lives on (the group of token t)
     beliefs: torch.Tensor  # (n, L, k) posterior over the state that emitted token t (on its group), given 0..t
     log_normalizers: torch.Tensor  # (n, L) log P(x_t | x_<t); -inf where the sequence is impossible
+    products: int  # (rows, k) @ (k, k) products made: n (L - 1) / products rows per block read on average
 
 
 def _check_rows(t: torch.Tensor, name: str, atol: float = 1e-9) -> None:
@@ -183,13 +185,20 @@ class BlockedHMM:
         return tokens.long().to(self.mu.device)
 
     @torch.no_grad()
-    def filter(self, tokens: torch.Tensor, *, return_beliefs: bool = True) -> BlockedFilterResult:
+    def filter(self, tokens: torch.Tensor, *, return_beliefs: bool = True,
+               compiled: bool = True) -> BlockedFilterResult:
         """Exact forward filter: one k x k product per sequence and step, batched over the sequences that make
         the same (group, successor) move, so each product is a (rows, k) @ (k, k) matmul.
 
-        The beliefs stay in the order of the last step's moves (``rows[i]`` is the sequence in row i), so a step
-        permutes them once; the move's weight only enters the normaliser (it cancels in the belief)."""
+        On CPU with the compiled kernels (:mod:`interp.hmm.native`) the batches reach across positions (passes over
+        the blocks in :meth:`pass_order`, ``kernels.cpp``); otherwise (GPU, no compiler, ``INTERP_NATIVE=0``, or
+        ``compiled=False``) torch batches the sequences at one position a step. Both give the same numbers up to
+        rounding."""
         tokens = self._check_tokens(tokens)
+        lib = native.library() if compiled and tokens.device.type == "cpu" else None
+        return self._filter(tokens, return_beliefs, lib)
+
+    def _filter(self, tokens: torch.Tensor, return_beliefs: bool, lib) -> BlockedFilterResult:
         n, L = tokens.shape
         G, k, m, d = self.n_groups, self.group_size, self.tokens_per_group, self.succ.shape[1]
         dev = tokens.device
@@ -197,10 +206,18 @@ class BlockedHMM:
         log_z = torch.empty(n, L, dtype=torch.float64, device=dev)
         beliefs = torch.empty(n, L, k, dtype=torch.float64, device=dev) if return_beliefs else None
         emit_rows = self.emit.permute(0, 2, 1).reshape(G * m, k)  # row g m + c is emit[g, :, c]: indexed by token
-        if L > 1:
-            hit = self.succ[group[:, :-1]] == group[:, 1:, None]  # (n, L-1, d): the move to the next group
-            pair = (group[:, :-1] * d + hit.to(torch.uint8).argmax(2)).T.contiguous()  # (L-1, n)
-            weight = (self.w.reshape(-1)[pair] * hit.any(2).T).contiguous()  # 0 where no move leads there
+        hit = self.succ[group[:, :-1]] == group[:, 1:, None]  # (n, L-1, d): the move to the next group
+        pair = group[:, :-1] * d + hit.to(torch.uint8).argmax(2)  # (n, L-1): the block of each step
+        weight = self.w.reshape(-1)[pair] * hit.any(2)  # 0 where no move leads there
+        if lib is not None:
+            products = native.blocked_filter(
+                lib, tokens.contiguous(), pair.contiguous(), weight.contiguous(), self.mu.contiguous(), group[:, 0].contiguous(),
+                self.blocks.reshape(G * d, k, k).contiguous(), emit_rows.contiguous(), self.pass_order(), log_z,
+                beliefs)
+            return BlockedFilterResult(group, beliefs, log_z, products)
+        # The beliefs stay in the order of the last step's moves (rows[i] is the sequence in row i), so a step
+        # permutes them once; the move's weight only enters the normaliser (it cancels in the belief).
+        pair, weight = pair.T.contiguous(), weight.T.contiguous()
         tok_t = tokens.T.contiguous()
         tiny = torch.finfo(torch.float64).tiny
 
@@ -218,11 +235,13 @@ class BlockedHMM:
         condition(alpha, rows, 0, None)
         blocks = self.blocks.reshape(G * d, k, k)
         out = torch.empty_like(alpha)
+        products = 0
         for t in range(1, L):
             key = pair[t - 1].index_select(0, rows)
             order = torch.argsort(key)
             counts = torch.bincount(key, minlength=G * d)
             moves = torch.nonzero(counts).squeeze(1)
+            products += len(moves)
             src = alpha.index_select(0, order)
             rows = rows.index_select(0, order)
             start = 0
@@ -231,7 +250,26 @@ class BlockedHMM:
                 start += c
             condition(out, rows, t, weight[t - 1].index_select(0, rows))
             alpha, out = out, src
-        return BlockedFilterResult(group, beliefs, log_z)
+        return BlockedFilterResult(group, beliefs, log_z, products)
+
+    def pass_order(self) -> torch.Tensor:
+        """(G d,) the order of the compiled filter's passes over the blocks: the groups in an order where most of
+        the move weight between distinct groups goes forward (greedy: the group with the largest outgoing minus
+        incoming weight among those left comes next), each group's blocks in move order. A sequence advances
+        within a pass for as long as its moves go forward, so the order sets how many rows a block read serves;
+        it never changes a number."""
+        G, d = self.n_groups, self.succ.shape[1]
+        flow = torch.zeros(G, G, dtype=torch.float64)
+        flow.index_put_((torch.arange(G).repeat_interleave(d), self.succ.cpu().reshape(-1)),
+                        self.w.cpu().reshape(-1), accumulate=True)
+        flow.fill_diagonal_(0)
+        score, left, groups = flow.sum(1) - flow.sum(0), torch.ones(G, dtype=torch.bool), []
+        for _ in range(G):
+            g = int(torch.where(left, score, -torch.inf).argmax())
+            groups.append(g)
+            left[g] = False
+            score += flow[g] - flow[:, g]  # g's edges no longer count for the groups left
+        return (torch.tensor(groups)[:, None] * d + torch.arange(d)).reshape(-1)
 
     def log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
         """(n,) log P(tokens); -inf for impossible sequences."""
@@ -268,7 +306,13 @@ def random_blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: 
     G, k, m, d = n_groups, group_size, tokens_per_group, successors
 
     def dir_rows(*shape):  # Dirichlet(alpha) rows as normalised Gamma draws
-        x = torch.from_numpy(rng.gamma(float(alpha), size=shape))
+        x = rng.gamma(float(alpha), size=shape)
+        under = (x == 0).any(-1)  # small alpha: draws below the float64 range, a row of them all zero
+        if under.any():  # those rows again in log space: Gamma(a) = Gamma(a + 1) U^(1 / a)
+            size = (int(under.sum()), shape[-1])
+            logs = np.log(rng.gamma(float(alpha) + 1, size=size)) + np.log(rng.uniform(size=size)) / alpha
+            x[under] = np.exp(logs - logs.max(-1, keepdims=True))
+        x = torch.from_numpy(x)
         return x / x.sum(-1, keepdim=True)
 
     others = torch.from_numpy(np.stack([np.concatenate([[g], (g + 1 + rng.permutation(G - 1)[:d - 1]) % G])

@@ -42,6 +42,7 @@ _SIGNATURES = {
     "interp_filter_small": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I32, _P, _P, _I32],
     "interp_emit_normalise": [_P, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _I32],
     "interp_stream_copy": [_P, _P, _I64, _I32],
+    "interp_blocked_filter": [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _P, _P, _I32],
 }
 
 
@@ -206,3 +207,29 @@ def stream_copy(lib: ctypes.CDLL, src: torch.Tensor, dst: torch.Tensor) -> torch
     lib.interp_stream_copy(_check("src", src, torch.float64, shape), _check("dst", dst, torch.float64, shape),
                            src.numel(), torch.get_num_threads())
     return dst
+
+
+def blocked_filter(lib: ctypes.CDLL, tokens: torch.Tensor, move: torch.Tensor, weight: torch.Tensor,
+                   mu: torch.Tensor, group: torch.Tensor, blocks: torch.Tensor, emission: torch.Tensor,
+                   order: torch.Tensor, log_z: torch.Tensor, beliefs: torch.Tensor | None) -> int:
+    """The block-sparse filter (:meth:`interp.hmm.blocked.BlockedHMM.filter`) in one call: fills log_z (n, L) and,
+    unless None, beliefs (n, L, k); returns the number of (rows, k) @ (k, k) products it made.
+
+    tokens (n, L) int64; move (n, L - 1) int64, the block index g d + e of each step, and weight (n, L - 1) its
+    probability (0 where no move leads there); mu (G, k) and group (n,) int64, the first token's group; blocks
+    (P, k, k); emission (V, k), row x the emission probability of token x from the states of its group; order (P,)
+    int64, a permutation of the blocks: the order of the passes over them (speed only). Indices are not checked
+    here."""
+    n, L = tokens.shape
+    P, k, _ = blocks.shape
+    f8, i8 = torch.float64, torch.int64
+    calls = torch.zeros(1, dtype=i8)
+    lib.interp_blocked_filter(
+        _check("tokens", tokens, i8, (n, L)), _check("move", move, i8, (n, L - 1)),
+        _check("weight", weight, f8, (n, L - 1)), _check("mu", mu, f8, tuple(mu.shape)),
+        _check("group", group, i8, (n,)), _check("blocks", blocks, f8, (P, k, k)),
+        _check("emission", emission, f8, (emission.shape[0], k)), _check("order", order, i8, (P,)), n, L, k, P,
+        _check("log_z", log_z, f8, (n, L)),
+        None if beliefs is None else _check("beliefs", beliefs, f8, (n, L, k)), calls.data_ptr(),
+        torch.get_num_threads())
+    return int(calls)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.hmm import beliefs, forward_filter, get_process, log_likelihood
+from interp.hmm import beliefs, forward_filter, get_process, log_likelihood, native
 from interp.hmm.blocked import BlockedHMM, random_blocked
 
 
@@ -123,6 +123,20 @@ def test_alpha_sets_how_sparse_the_rows_are():
             get_process("blocked", n_groups=4, group_size=2, alpha=bad)
 
 
+def test_a_tiny_alpha_gives_valid_near_deterministic_rows():
+    # Gamma(0.001) draws fall below the float64 range about half the time: such rows are drawn in log space
+    b = get_process("blocked", n_groups=4, group_size=64, tokens_per_group=4, alpha=0.001, seed=0)
+    for rows in (b.blocks, b.emit, b.mu.reshape(1, -1)):
+        assert torch.isfinite(rows).all() and torch.allclose(rows.sum(-1), torch.ones(()).double(), atol=1e-12)
+    top = b.blocks.max(-1).values
+    assert float(top.median()) > 0.99  # each row nearly one successor state (E[max] -> 1 as alpha -> 0)
+    tokens = b.sample(200, 20, seed=1)
+    assert torch.isfinite(b.log_likelihood(tokens)).all()
+    torch.testing.assert_close(b.log_likelihood(tokens), log_likelihood(b.to_dense(), tokens), rtol=0, atol=1e-10)
+    dense = get_process("blocked", n_groups=4, group_size=64, tokens_per_group=4, alpha=1.0, seed=0)
+    assert float(dense.blocks.max(-1).values.median()) < 0.1
+
+
 def test_blocked_filter_equals_dense_on_one_sequence_one_token_uneven_and_unvisited_groups():
     b = random_blocked(5, 3, 2, 3, seed=4)
     dense = b.to_dense()
@@ -152,3 +166,66 @@ def test_describe_a_blocked_process_reports_its_structure_and_its_filters_loss(c
     tokens = hmm.sample(500, 6, seed=3)
     loss = -float(hmm.log_likelihood(tokens).sum()) / tokens.numel()
     assert f"sample log-loss {loss:.5f} nats/token" in lines[2]
+
+
+needs_compiler = pytest.mark.skipif(native.compiler() is None,
+                                    reason="no C++ compiler on this machine: the torch filter runs instead")
+
+
+@needs_compiler
+@pytest.mark.parametrize("G, k, m, d, L", [(5, 3, 2, 3, 25), (4, 40, 2, 3, 30), (6, 70, 3, 2, 12), (3, 4, 2, 2, 1)])
+def test_the_compiled_passes_equal_the_torch_filter(G, k, m, d, L):
+    # k = 40 and 70: whole register panels and the columns past them (32 a panel with AVX-512, 16 with AVX2)
+    b = random_blocked(G, k, m, d, seed=G + k)
+    sampled = b.sample(300, L, seed=1)
+    arbitrary = torch.randint(0, G * m, (200, L), generator=torch.Generator().manual_seed(2))  # some impossible
+    for tokens in (sampled, arbitrary):
+        res, ref = b.filter(tokens), b.filter(tokens, compiled=False)
+        assert torch.equal(res.group, ref.group)
+        finite = torch.isfinite(ref.log_normalizers)
+        assert torch.equal(torch.isfinite(res.log_normalizers), finite)
+        assert bool(finite.all()) == (tokens is sampled or L == 1)  # arbitrary moves: some impossible
+        torch.testing.assert_close(res.log_normalizers[finite], ref.log_normalizers[finite], rtol=0, atol=1e-13)
+        torch.testing.assert_close(res.beliefs, ref.beliefs, rtol=0, atol=1e-14)  # zero after an impossible token
+        assert torch.equal(b.filter(tokens, return_beliefs=False).log_normalizers, res.log_normalizers)
+
+
+@needs_compiler
+def test_the_pass_order_and_the_thread_count_change_no_number(monkeypatch):
+    b = random_blocked(8, 40, 2, 3, seed=0)
+    tokens = b.sample(400, 30, seed=2)
+    ref = b.filter(tokens)
+    shuffled = torch.randperm(8 * 3, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(BlockedHMM, "pass_order", lambda self: shuffled)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            res = b.filter(tokens)  # each row's arithmetic is the same in any batch, on any thread
+            assert torch.equal(res.log_normalizers, ref.log_normalizers) and torch.equal(res.beliefs, ref.beliefs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_compiler
+def test_passes_over_the_blocks_serve_more_rows_a_product_than_one_position_at_a_time():
+    b = random_blocked(16, 8, 2, 4, seed=0)
+    tokens = b.sample(2000, 64, seed=1)
+    passes, steps = b.filter(tokens, return_beliefs=False), b.filter(tokens, return_beliefs=False, compiled=False)
+    assert steps.products >= 1.5 * passes.products
+
+
+def test_the_pass_order_follows_the_heavy_moves():
+    G, d = 6, 2
+    succ = torch.tensor([[g, (g + 1) % G] for g in range(G)])
+    w = torch.tensor([[0.5, 0.5]] * (G - 1) + [[0.99, 0.01]], dtype=torch.float64)  # a cycle, light from 5 to 0
+    k = 2
+    blocks = torch.full((G, d, k, k), 0.5, dtype=torch.float64)
+    b = BlockedHMM(torch.full((G, k), 1 / (G * k), dtype=torch.float64), succ, w, blocks,
+                   torch.full((G, k, 1), 1.0, dtype=torch.float64))
+    order = b.pass_order()
+    assert order.tolist() == list(range(G * d))  # 0 -> 1 -> ... -> 5 all forward; only the light move back
+    b = random_blocked(7, 2, 2, 3, seed=1)
+    order = b.pass_order().reshape(7, 3)
+    assert sorted(order[:, 0].tolist()) == [3 * g for g in range(7)]  # every group once, its moves in order
+    assert torch.equal(order - order[:, :1], torch.arange(3).expand(7, 3))
