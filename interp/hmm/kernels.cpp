@@ -209,8 +209,10 @@ constexpr int64_t kLanes = 4;
 #else
 constexpr int64_t kLanes = 2;
 #endif
-constexpr int64_t kPanel = 4 * kLanes;  // columns of a register tile: 4 x 6 vector accumulators (of the 4 x 4,
-constexpr int kTileRows = 6;            // 2 x 8, 2 x 12, 3 x 8 and 4 x 6 tried, the fastest on blocks out of cache)
+// A register tile of 6 rows x 4 vectors: on blocks out of cache it beat 4 x 4, 8 x 2, 12 x 2 and 8 x 3
+// (docs/benchmarks.md).
+constexpr int64_t kPanel = 4 * kLanes;  // columns of a tile
+constexpr int kTileRows = 6;
 
 // out[r][c0 .. c0 + kPanel) = a[r] @ B[:, c0 .. c0 + kPanel) for R rows. Every output sums over i in order,
 // whatever R, so a row's result does not depend on the rows it is batched with.
@@ -366,8 +368,8 @@ void interp_stream_copy(const double* src, double* dst, int64_t count, int32_t n
 // next move's block; taking a block moves its sequences one position on, and each whose next block comes no
 // earlier in the order joins it in the same pass (the same block: at once, while it is in cache). An order in
 // which most moves go forward (interp/hmm/blocked.py) lets a sequence advance several positions a pass, so a
-// block read serves more rows. A sequence's numbers are those of the synchronous filter whatever the order: a
-// row's product and conditioning depend on that row alone.
+// block read serves more rows. A sequence's numbers depend neither on the order nor on the rows it is batched
+// with, nor on the thread count: a row's product and conditioning depend on that row alone.
 void interp_blocked_filter(const int64_t* tokens, const int64_t* move, const double* weight, const double* mu,
                            const int64_t* group, const double* blocks, const double* emission, const int64_t* order,
                            int64_t n, int64_t L, int64_t k, int64_t P, double* log_z, double* beliefs,
