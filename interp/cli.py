@@ -10,7 +10,9 @@ import argparse
 import ast
 import errno
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -631,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return done.code if isinstance(done.code, int) else 0
+    # SIGTERM (kill, a job scheduler's stop) as Ctrl-C: worker processes are stopped, not left running their jobs
+    previous = (signal.signal(signal.SIGTERM, _interrupt)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -642,4 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"interp: error: {_os_error_line(err, getattr(args, 'target', None))}", file=sys.stderr)
         return 2 if isinstance(err, _INPUT_ERRORS) else 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

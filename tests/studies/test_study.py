@@ -3,6 +3,7 @@ and a tiny study end to end (runs reused on a second call, the table written fro
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 
@@ -175,3 +176,53 @@ def test_a_failed_run_is_reported_in_one_line_and_the_others_kept(tmp_path, monk
     assert "1 of 2 runs failed: rr (RuntimeError: boom)" in str(err.value) and "\n" not in str(err.value)
     assert (tmp_path / "s" / "runs" / "tf" / "probe.json").is_file()
     assert not (tmp_path / "s" / "table.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_sigterm_stops_a_study_and_its_worker_processes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    toml = tmp_path / "slow.toml"
+    runs = "".join(f'\n[runs.r{i}]\nmodel = {{ family = "blocked_belief_net", group_size = 4 }}\n' for i in range(2))
+    toml.write_text('name = "slow"\nkind = "scaling"\nseed = 0\n[process]\nname = "blocked"\n'
+                    'params = { n_groups = 4, group_size = 4, tokens_per_group = 2, successors = 2 }\n'
+                    '[train]\ncontext = 8\nsteps = 100000\nbatch_size = 8\neval_every = 100000\n'
+                    'checkpoint_every = 100\n' + runs)
+    proc = subprocess.Popen([sys.executable, "-m", "interp", "study", str(toml), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def workers() -> list[int]:
+        try:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(k) for k in kids if b"multiprocessing-fork" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "slow" / "runs").glob("r*/checkpoints/*")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the workers train
+        pids = workers()
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert "interp: interrupted" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for pid in left:  # a failing run must not leave them training
+        os.kill(pid, signal.SIGKILL)
+    assert not left  # stopped, not left running their jobs
