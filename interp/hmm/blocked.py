@@ -196,9 +196,6 @@ class BlockedHMM:
         rounding."""
         tokens = self._check_tokens(tokens)
         lib = native.library() if compiled and tokens.device.type == "cpu" else None
-        return self._filter(tokens, return_beliefs, lib)
-
-    def _filter(self, tokens: torch.Tensor, return_beliefs: bool, lib) -> BlockedFilterResult:
         n, L = tokens.shape
         G, k, m, d = self.n_groups, self.group_size, self.tokens_per_group, self.succ.shape[1]
         dev = tokens.device
@@ -211,9 +208,9 @@ class BlockedHMM:
         weight = self.w.reshape(-1)[pair] * hit.any(2)  # 0 where no move leads there
         if lib is not None:
             products = native.blocked_filter(
-                lib, tokens.contiguous(), pair.contiguous(), weight.contiguous(), self.mu.contiguous(), group[:, 0].contiguous(),
-                self.blocks.reshape(G * d, k, k).contiguous(), emit_rows.contiguous(), self.pass_order(), log_z,
-                beliefs)
+                lib, tokens.contiguous(), pair.contiguous(), weight.contiguous(), self.mu.contiguous(),
+                group[:, 0].contiguous(), self.blocks.reshape(G * d, k, k).contiguous(), emit_rows.contiguous(),
+                self.pass_order(), log_z, beliefs)
             return BlockedFilterResult(group, beliefs, log_z, products)
         # The beliefs stay in the order of the last step's moves (rows[i] is the sequence in row i), so a step
         # permutes them once; the move's weight only enters the normaliser (it cancels in the belief).
