@@ -72,6 +72,7 @@ class BlockedHMM:
         _check_rows(emit, "emit")
         self.mu, self.succ, self.w, self.blocks, self.emit = mu, succ, w, blocks, emit
         self.name, self.params = name, {}
+        self._pass_order: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -251,14 +252,26 @@ class BlockedHMM:
 
     def pass_order(self) -> torch.Tensor:
         """(G d,) the order of the compiled filter's passes over the blocks: the groups in an order where most of
-        the move weight between distinct groups goes forward (greedy: the group with the largest outgoing minus
-        incoming weight among those left comes next), each group's blocks in move order. A sequence advances
-        within a pass for as long as its moves go forward, so the order sets how many rows a block read serves;
-        it never changes a number."""
+        the expected moves between distinct groups (in 256 steps from the start) go forward, each group's blocks in
+        move order. A greedy start (the group with the largest outgoing minus incoming weight among those left
+        comes next), then single groups moved to wherever the forward weight gains most, until no move gains (at
+        most 8 sweeps; 0.01 s at G = 64, 0.8 s at G = 1024, so it is computed once an HMM). A sequence advances
+        within a pass for as long as its moves go forward, so the order sets how many rows a block read serves; it
+        never changes a number."""
+        if self._pass_order is None:
+            self._pass_order = self._find_pass_order()
+        return self._pass_order
+
+    def _find_pass_order(self) -> torch.Tensor:
         G, d = self.n_groups, self.succ.shape[1]
-        flow = torch.zeros(G, G, dtype=torch.float64)
-        flow.index_put_((torch.arange(G).repeat_interleave(d), self.succ.cpu().reshape(-1)),
-                        self.w.cpu().reshape(-1), accumulate=True)
+        move = torch.zeros(G, G, dtype=torch.float64)
+        move.index_put_((torch.arange(G).repeat_interleave(d), self.succ.cpu().reshape(-1)),
+                        self.w.cpu().reshape(-1).double(), accumulate=True)
+        p, visits = self.mu.cpu().double().sum(1), torch.zeros(G, dtype=torch.float64)
+        for _ in range(256):  # a move's weight counts as often as its group is visited in 256 steps
+            visits += p
+            p = p @ move
+        flow = visits[:, None] * move
         flow.fill_diagonal_(0)
         score, left, groups = flow.sum(1) - flow.sum(0), torch.ones(G, dtype=torch.bool), []
         for _ in range(G):
@@ -266,6 +279,7 @@ class BlockedHMM:
             groups.append(g)
             left[g] = False
             score += flow[g] - flow[:, g]  # g's edges no longer count for the groups left
+        groups = _insertion_search(flow.numpy(), groups)
         return (torch.tensor(groups)[:, None] * d + torch.arange(d)).reshape(-1)
 
     def log_likelihood(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -283,6 +297,26 @@ class BlockedHMM:
             moved = torch.einsum("nti,ntij->ntj", res.beliefs, self.blocks[g, e]) * self.w[g, e][..., None]
             out.scatter_add_(2, self.succ[g, e][..., None, None].expand(n, L, 1, k), moved[:, :, None, :])
         return out.reshape(n, L, self.n_states)
+
+
+def _insertion_search(flow: np.ndarray, order: list[int], sweeps: int = 8) -> list[int]:
+    """A local optimum of the forward weight sum(flow[a, b] for a before b): each node in turn moves to the slot
+    where it gains most, while some move gains."""
+    tol = 1e-12 * float(flow.sum())
+    for _ in range(sweeps):
+        moved = False
+        for x in list(order):
+            i = order.index(x)
+            rest = order[:i] + order[i + 1:]
+            # x in slot j: after rest[:j] (their moves into x go forward), before rest[j:] (x's moves to them do)
+            score = (np.concatenate(([0.0], np.cumsum(flow[rest, x])))
+                     + np.concatenate((np.cumsum(flow[x, rest][::-1])[::-1], [0.0])))
+            j = int(np.argmax(score))
+            if score[j] > score[i] + tol:
+                order, moved = rest[:j] + [x] + rest[j:], True
+        if not moved:
+            break
+    return order
 
 
 def random_blocked(n_groups: int = 64, group_size: int = 256, tokens_per_group: int = 4, successors: int = 4,

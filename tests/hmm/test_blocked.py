@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from interp.hmm import beliefs, forward_filter, get_process, log_likelihood, native
-from interp.hmm.blocked import BlockedHMM, random_blocked
+from interp.hmm.blocked import BlockedHMM, _insertion_search, random_blocked
 
 
 @pytest.mark.parametrize("G, k, m, d", [(5, 3, 2, 3), (4, 1, 3, 2), (3, 4, 1, 1), (6, 2, 2, 6)])
@@ -199,7 +200,7 @@ def test_the_pass_order_and_the_thread_count_change_no_number(monkeypatch):
     monkeypatch.setattr(BlockedHMM, "pass_order", lambda self: shuffled)
     threads = torch.get_num_threads()
     try:
-        for n_threads in (1, 2):
+        for n_threads in (1, 2, 3):  # 3: rows split unevenly
             torch.set_num_threads(n_threads)
             res = b.filter(tokens)  # each row's arithmetic is the same in any batch, on any thread
             assert torch.equal(res.log_normalizers, ref.log_normalizers) and torch.equal(res.beliefs, ref.beliefs)
@@ -229,3 +230,19 @@ def test_the_pass_order_follows_the_heavy_moves():
     order = b.pass_order().reshape(7, 3)
     assert sorted(order[:, 0].tolist()) == [3 * g for g in range(7)]  # every group once, its moves in order
     assert torch.equal(order - order[:, :1], torch.arange(3).expand(7, 3))
+
+
+def test_the_insertion_search_ends_where_no_single_move_gains():
+    rng = np.random.default_rng(0)
+    flow = rng.random((9, 9)) * (rng.random((9, 9)) < 0.4)
+    np.fill_diagonal(flow, 0)
+
+    def forward(order):  # brute force: the weight of every pair taken in order
+        return sum(flow[a, b] for i, a in enumerate(order) for b in order[i + 1:])
+
+    start = list(range(9))
+    order = _insertion_search(flow, list(start), sweeps=100)
+    assert sorted(order) == start and forward(order) > forward(start)
+    for x in order:
+        rest = [y for y in order if y != x]
+        assert all(forward(rest[:j] + [x] + rest[j:]) <= forward(order) + 1e-12 for j in range(9))
