@@ -203,16 +203,17 @@ constexpr int64_t kRowwiseMinStates = 8;
 // P = G d (group, move) blocks (k, k). Rows are batched per block across positions (fixed-order passes, below),
 // so a block read from memory serves more rows than one position's sequences give it.
 
+// A register tile of 6 rows x kVectors vectors of accumulators (docs/benchmarks.md): with 32 vector registers
+// (AVX-512) 6 x 4 beat 4 x 4, 8 x 2, 12 x 2 and 8 x 3; with 16 (AVX2, SSE2) 24 accumulators spill, and 6 x 2 (as
+// BLIS's Haswell kernel) ran 1.25x faster than 6 x 4.
 #if defined(__AVX512F__)
-constexpr int64_t kLanes = 8;
+constexpr int64_t kLanes = 8, kVectors = 4;
 #elif defined(__AVX__)
-constexpr int64_t kLanes = 4;
+constexpr int64_t kLanes = 4, kVectors = 2;
 #else
-constexpr int64_t kLanes = 2;
+constexpr int64_t kLanes = 2, kVectors = 2;
 #endif
-// A register tile of 6 rows x 4 vectors: on blocks out of cache it beat 4 x 4, 8 x 2, 12 x 2 and 8 x 3
-// (docs/benchmarks.md).
-constexpr int64_t kPanel = 4 * kLanes;  // columns of a tile
+constexpr int64_t kPanel = kVectors * kLanes;  // columns of a tile
 constexpr int kTileRows = 6;
 
 // out[r][c0 .. c0 + kPanel) = a[r] @ B[:, c0 .. c0 + kPanel) for R rows. Every output sums over i in order,
