@@ -253,7 +253,7 @@ void block_product(const double* const* a, const double* B, int64_t k, int64_t r
 }
 
 // post = u * emission row; z = sum * weight; log_z = log z; post /= sum (0 where z = 0, as the torch filter).
-// post may be u. The sum is vectorised (a fixed order for a given build; a serial sum made this a fifth of the
+// post may be u. The sum is vectorised (a fixed order for a given build; with a serial sum this took a fifth of the
 // filter's time).
 inline void block_condition(const double* u, const double* emission, double weight, int64_t k, double* post,
                             double* log_z) {
