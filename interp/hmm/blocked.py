@@ -98,7 +98,7 @@ class BlockedHMM:
     def to(self, device) -> "BlockedHMM":
         out = BlockedHMM(self.mu.to(device), self.succ.to(device), self.w.to(device), self.blocks.to(device),
                          self.emit.to(device), name=self.name)
-        out.params = dict(self.params)
+        out.params, out._pass_order = dict(self.params), self._pass_order
         return out
 
     # ------------------------------------------------------------------ dense view
@@ -260,7 +260,7 @@ class BlockedHMM:
         never changes a number."""
         if self._pass_order is None:
             self._pass_order = self._find_pass_order()
-        return self._pass_order
+        return self._pass_order.clone()
 
     def _find_pass_order(self) -> torch.Tensor:
         G, d = self.n_groups, self.succ.shape[1]

@@ -419,11 +419,12 @@ void interp_blocked_filter(const int64_t* tokens, const int64_t* move, const dou
           rows_in[i] = alpha.data() + work[i] * k;
           rows_out[i] = out.data() + i * k;
         }
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows >= 2 * kTileRows)
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows >= 2 * kTileRows && rows * k * k >= (1 << 19))
         {  // each thread its own rows, whole tiles: the product, then their conditioning while in its cache
           const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-          const int64_t share = ((rows + nt - 1) / nt + kTileRows - 1) / kTileRows * kTileRows;
-          const int64_t r0 = std::min(rows, me * share), r1 = std::min(rows, r0 + share);
+          const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+          const int64_t r0 = std::min(rows, tiles * me / nt * kTileRows);
+          const int64_t r1 = std::min(rows, tiles * (me + 1) / nt * kTileRows);
           block_product(rows_in.data() + r0, blocks + p * k * k, k, r1 - r0, rows_out.data() + r0);
           for (int64_t i = r0; i < r1; ++i) {
             const int64_t s = work[i], t = pos[s];
